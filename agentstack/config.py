@@ -1,0 +1,97 @@
+"""Service settings, read once at start from `AGENTSTACK_*` variables and an optional YAML file.
+
+Precedence, highest first: keyword arguments (the CLI's flags), environment variables,
+the YAML file named by `AGENTSTACK_CONFIG`, then the defaults below. Everything else
+in the package receives a `Settings` instance; nothing reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PACKAGE_DATA = Path(__file__).parent / "data"
+DEFAULT_ROLES_FILE = PACKAGE_DATA / "roles.yaml"
+
+
+def default_cache_dir() -> Path:
+    """Where prepared models and embedded Redis data live: outside any checkout, shared by all."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agentstack"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can change. Field names map to `AGENTSTACK_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTSTACK_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    model: Path | None = Field(
+        default=None,
+        description="Local Hugging Face model directory; unset serves the packaged SmolLM2-135M.",
+    )
+    served_model_name: str = "smollm2-135m-instruct"
+    roles_file: Path = DEFAULT_ROLES_FILE
+    adapters_root: Path | None = Field(
+        default=None,
+        description="Directory that runtime-loaded adapters must live under; "
+        "unset means <cache_dir>/adapters.",
+    )
+
+    redis_url: str | None = Field(
+        default=None, description="Unset starts an embedded Redis server on loopback."
+    )
+    redis_prefix: str = "agentstack"
+
+    # Engine
+    dtype: str = "bfloat16"
+    max_model_len: int = Field(default=2048, ge=128)
+    max_num_seqs: int = Field(default=32, ge=1)
+    max_loras: int = Field(default=4, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1)
+    kv_cache_space_gib: int = Field(default=2, ge=1)
+    enforce_eager: bool = True
+    seed: int = 0
+
+    # Request limits
+    max_tokens_cap: int = Field(default=1024, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AGENTSTACK_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_adapters_root(self) -> Path:
+        return (self.adapters_root or self.cache_dir / "adapters").resolve()
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.cache_dir / "redis"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
