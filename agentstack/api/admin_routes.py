@@ -1,0 +1,58 @@
+"""Operational endpoints: run-time adapters (vLLM's shapes), health, readiness, metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from agentstack.api.errors import InvalidRequest, NotFound
+from agentstack.api.openai_routes import service_of
+from agentstack.api.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
+from agentstack.engine import AdapterLoadError
+from agentstack.service import AdapterRequestError, UnknownRole
+
+router = APIRouter()
+
+
+@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
+async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> str:
+    service = service_of(request)
+    try:
+        await service.load_adapter(body.lora_name, body.lora_path, inplace=body.load_inplace)
+    except (AdapterRequestError, AdapterLoadError) as e:
+        raise InvalidRequest(str(e), param="lora_path") from e
+    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+
+
+@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
+async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> str:
+    service = service_of(request)
+    try:
+        await service.unload_adapter(body.lora_name)
+    except UnknownRole as e:
+        raise NotFound(
+            f"The lora adapter '{body.lora_name}' cannot be found. Loaded: {', '.join(e.available)}",
+            param="lora_name",
+        ) from e
+    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Readiness of the parts is `/readyz`."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    checks = await service_of(request).readiness()
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

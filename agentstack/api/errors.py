@@ -1,0 +1,112 @@
+"""Errors the API returns, all in the OpenAI error body that vLLM's server uses.
+
+    APIError                      base: status + OpenAI `type`
+     ├── InvalidRequest           400 BadRequestError (bad values, unusable input)
+     ├── NotFound                 404 NotFoundError (unknown role/model/adapter)
+     ├── PayloadTooLarge          413 RequestEntityTooLarge
+     └── ServiceUnavailable       503 ServiceUnavailableError (engine not ready / dead)
+
+Body: {"error": {"message", "type", "param", "code"}} with `code` the HTTP status.
+Anything not an APIError is logged with its traceback and answered as a bare 500:
+the client never sees internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status: int = 500
+    type: str = "InternalServerError"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "BadRequestError"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "NotFoundError"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "RequestEntityTooLarge"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "ServiceUnavailableError"
+
+
+_STATUS_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+
+
+def error_body(status: int, type_: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
+
+
+def error_response(status: int, type_: str, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, type_, message, param), status_code=status)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    if not loc:
+        return "request body must be a JSON object", None
+    message = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.type, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation(exc)
+        return error_response(400, "BadRequestError", message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _STATUS_TYPES.get(exc.status_code, "InternalServerError")
+        return error_response(exc.status_code, type_, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return error_response(500, "InternalServerError", "internal server error")

@@ -1,0 +1,315 @@
+"""OpenAI-compatible endpoints: chat completions, completions, models."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agentstack.api.errors import InvalidRequest, NotFound, error_body
+from agentstack.api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+    _SamplingFields,
+)
+from agentstack.prompting import forced_call_schema, may_become_tool_call, parse_reply, render_messages
+from agentstack.roles import ReasoningPath, Role
+from agentstack.service import AUTO_MODEL, Service, UnknownRole
+
+router = APIRouter()
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def resolve_role(request: Request, name: str) -> Role:
+    service = service_of(request)
+    if name == AUTO_MODEL:
+        raise InvalidRequest(
+            "model `auto` needs the learned gate, which is not enabled on this server; "
+            f"name a role instead: {', '.join(service.model_names())}",
+            param="model",
+        )
+    try:
+        role = service.resolve(name)
+    except UnknownRole as e:
+        raise NotFound(str(e), param="model") from e
+    request.state.role = role.name
+    return role
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    role: Role
+    prompt_ids: list[int]
+    sampling: Any
+    request_id: str
+
+
+def prepare_sampling(
+    service: Service,
+    role: Role,
+    body: _SamplingFields,
+    prompt_ids: list[int],
+    *,
+    requested_max: int | None,
+    structured_schema: dict[str, Any] | None = None,
+) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    settings = service.settings
+    if requested_max is not None and requested_max > settings.max_tokens_cap:
+        raise InvalidRequest(
+            f"max_tokens is {requested_max}, above this server's cap of {settings.max_tokens_cap}",
+            param="max_tokens",
+        )
+    room = settings.max_model_len - len(prompt_ids)
+    if room < 1:
+        raise InvalidRequest(
+            f"This model's maximum context length is {settings.max_model_len} tokens; "
+            f"the prompt has {len(prompt_ids)} tokens",
+            param="messages",
+        )
+    max_tokens = requested_max or role.spec.sampling.max_tokens or settings.default_max_tokens
+    if requested_max is not None and requested_max > room:
+        raise InvalidRequest(
+            f"This model's maximum context length is {settings.max_model_len} tokens; "
+            f"the prompt has {len(prompt_ids)} and max_tokens asks for {requested_max}",
+            param="max_tokens",
+        )
+    defaults = role.spec.sampling
+    return SamplingParams(
+        n=1,
+        temperature=body.temperature if body.temperature is not None else defaults.temperature,
+        top_p=body.top_p if body.top_p is not None else defaults.top_p,
+        max_tokens=min(max_tokens, room),
+        stop=body.stop_list() or None,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        ignore_eos=body.ignore_eos,
+        structured_outputs=StructuredOutputsParams(json=structured_schema) if structured_schema else None,
+    )
+
+
+def wants_thinking(role: Role, body: ChatCompletionRequest) -> bool:
+    """The request's `chat_template_kwargs.enable_thinking` wins; otherwise the role's policy."""
+    kwargs = body.chat_template_kwargs or {}
+    if "enable_thinking" in kwargs:
+        return bool(kwargs["enable_thinking"])
+    return role.spec.reasoning is ReasoningPath.THINK
+
+
+def _usage(prompt: int, completion: int, cached: int | None) -> Usage:
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details={"cached_tokens": cached or 0},
+    )
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    service = service_of(request)
+    role = resolve_role(request, body.model)
+    assert service.engine is not None
+    tools = body.tools if body.tool_choice != "none" else None
+    if body.tool_choice not in (None, "none", "auto") and not body.tools:
+        raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+    schema = forced_call_schema(tools, body.tool_choice) if tools else None
+    if tools and schema is None and body.tool_choice not in (None, "auto"):
+        raise InvalidRequest("tool_choice names a function that is not in tools", param="tool_choice")
+    think = wants_thinking(role, body)
+    messages = render_messages(body.messages, system_prompt=role.spec.system_prompt, tools=tools, think=think)
+    prompt_ids = service.engine.chat_prompt(messages)
+    sampling = prepare_sampling(
+        service, role, body, prompt_ids, requested_max=body.token_limit, structured_schema=schema
+    )
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    forced = schema is not None
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _chat_events(service, role, body.model, prompt_ids, sampling, request_id,
+                              tools=tools, forced=forced, think=think, include_usage=include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    final = None
+    async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
+        final = output
+    assert final is not None
+    completion = final.outputs[0]
+    reply = parse_reply(completion.text, tools=tools, forced=forced, think=think)
+    finish = "tool_calls" if reply.tool_calls else completion.finish_reason
+    response = ChatCompletionResponse(
+        id=request_id,
+        model=body.model,
+        choices=[
+            ChatChoice(
+                message=AssistantMessage(content=reply.content, reasoning=reply.reasoning, tool_calls=reply.tool_calls),
+                finish_reason=finish,
+            )
+        ],
+        usage=_usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens),
+    )
+    return JSONResponse(response.model_dump(exclude_none=False))
+
+
+async def _chat_events(
+    service: Service,
+    role: Role,
+    model: str,
+    prompt_ids: list[int],
+    sampling: Any,
+    request_id: str,
+    *,
+    tools: Any,
+    forced: bool,
+    think: bool,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """SSE chunks as the OpenAI SDK expects. With tools, text that may be a tool call is
+    held back until it is known, then sent as one `tool_calls` delta."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    yield _sse(chunk({"role": "assistant", "content": ""}))
+    sent = 0
+    hold = forced or think
+    final = None
+    try:
+        async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
+            final = output
+            text = output.outputs[0].text
+            if hold or (tools and may_become_tool_call(text)):
+                continue
+            if len(text) > sent:
+                yield _sse(chunk({"content": text[sent:]}))
+                sent = len(text)
+    except Exception:
+        yield _sse(error_body(500, "InternalServerError", "generation failed"))
+        return
+    assert final is not None
+    completion = final.outputs[0]
+    text = completion.text
+    finish = completion.finish_reason
+    if hold or (tools and may_become_tool_call(text)):
+        reply = parse_reply(text[sent:], tools=tools, forced=forced, think=think)
+        if reply.reasoning:
+            yield _sse(chunk({"reasoning": reply.reasoning}))
+        if reply.tool_calls:
+            finish = "tool_calls"
+            yield _sse(chunk({"tool_calls": [
+                {"index": i, "id": call.id, "type": "function",
+                 "function": {"name": call.function.name, "arguments": call.function.arguments}}
+                for i, call in enumerate(reply.tool_calls)
+            ]}))
+        elif reply.content:
+            yield _sse(chunk({"content": reply.content}))
+    elif len(text) > sent:
+        yield _sse(chunk({"content": text[sent:]}))
+    yield _sse(chunk({}, finish))
+    if include_usage:
+        usage = _usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens)
+        yield _sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [], "usage": usage.model_dump()})
+    yield _sse("[DONE]")
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    service = service_of(request)
+    role = resolve_role(request, body.model)
+    assert service.engine is not None
+    prompt_ids = service.engine.text_prompt(body.prompt_text)
+    sampling = prepare_sampling(service, role, body, prompt_ids, requested_max=body.max_tokens)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    prefix = body.prompt_text if body.echo else ""
+
+    if body.stream:
+        return StreamingResponse(
+            _completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix),
+            media_type="text/event-stream",
+        )
+    final = None
+    async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
+        final = output
+    assert final is not None
+    completion = final.outputs[0]
+    response = CompletionResponse(
+        id=request_id,
+        model=body.model,
+        choices=[CompletionChoice(text=prefix + completion.text, finish_reason=completion.finish_reason)],
+        usage=_usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens),
+    )
+    return JSONResponse(response.model_dump())
+
+
+async def _completion_events(
+    service: Service, role: Role, model: str, prompt_ids: list[int], sampling: Any,
+    request_id: str, prefix: str,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    sent = 0
+    pending = prefix
+
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        return {"id": request_id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+    async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
+        completion = output.outputs[0]
+        finish = completion.finish_reason if output.finished else None
+        delta = pending + completion.text[sent:]
+        pending = ""
+        sent = len(completion.text)
+        if delta or finish:
+            yield _sse(chunk(delta, finish))
+    yield _sse("[DONE]")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    service = service_of(request)
+    cards = [
+        ModelCard(id=service.base_name, root=service.base_name,
+                  max_model_len=service.settings.max_model_len, description="base model")
+    ]
+    for role in service.roles.values():
+        cards.append(
+            ModelCard(
+                id=role.name,
+                root=str(role.adapter.path.name) if role.adapter else service.base_name,
+                parent=service.base_name,
+                max_model_len=service.settings.max_model_len,
+                description=role.spec.description or None,
+            )
+        )
+    return ModelList(data=cards)

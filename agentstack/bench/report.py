@@ -1,0 +1,38 @@
+"""Markdown report plus one PNG bar chart per benchmark run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def bar_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, float]]) -> Path:
+    """One panel per metric, one bar per side; values are annotated on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (metric, values) in zip(axes[0], panels.items()):
+        names, heights = list(values), list(values.values())
+        bars = ax.bar(names, heights, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][: len(names)])
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set_title(metric)
+        ax.margins(y=0.15)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

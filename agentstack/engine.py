@@ -1,0 +1,207 @@
+"""One in-process vLLM V1 async engine shared by every role.
+
+Roles differ only by the LoRA adapter attached to a request, so requests of different
+roles are scheduled and batched together by vLLM. Prompts are tokenized here, with the
+model's own chat template, and handed to vLLM as token ids: the service and a direct
+engine call then see exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentstack.config import Settings
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterLoadError(ValueError):
+    """An adapter directory could not be loaded by the engine (missing, corrupt, wrong shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA adapter as the engine knows it: vLLM needs a stable positive integer id."""
+
+    name: str
+    int_id: int
+    path: Path
+
+    def lora_request(self) -> LoRARequest:
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(self.name, self.int_id, str(self.path))
+
+
+@dataclass(slots=True)
+class SchedulerSnapshot:
+    """Latest scheduler state reported by vLLM's stat-logging hook."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+
+
+@dataclass(slots=True)
+class Engine:
+    """Owns the vLLM `AsyncLLM` and the tokenizer that builds its prompts."""
+
+    settings: Settings
+    model_dir: Path
+    on_scheduler_stats: Callable[[SchedulerSnapshot], None] | None = None
+    _llm: AsyncLLM | None = field(default=None, init=False)
+    _tokenizer: Any = field(default=None, init=False)
+    _next_adapter_id: int = field(default=1, init=False)
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise RuntimeError("engine not started")
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("engine not started")
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.settings.max_model_len
+
+    def start(self) -> None:
+        """Build the engine. Blocking: loads weights and profiles memory (tens of seconds on CPU)."""
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # vLLM's CPU backend reserves one core for the frontend by default; on a small
+        # machine the API server is light enough to share it.
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        args = AsyncEngineArgs(
+            model=str(self.model_dir),
+            served_model_name=self.settings.served_model_name,
+            tokenizer=str(self.model_dir),
+            dtype=self.settings.dtype,  # type: ignore[arg-type]
+            max_model_len=self.settings.max_model_len,
+            max_num_seqs=self.settings.max_num_seqs,
+            enable_lora=True,
+            max_loras=self.settings.max_loras,
+            max_lora_rank=self.settings.max_lora_rank,
+            enable_prefix_caching=True,
+            kv_cache_memory_bytes=self.settings.kv_cache_space_gib * (1 << 30),
+            enforce_eager=self.settings.enforce_eager,
+            seed=self.settings.seed,
+            disable_log_stats=False,
+        )
+        stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
+        logger.info("engine ready: model %s", self.model_dir.name)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def new_adapter(self, name: str, path: Path) -> Adapter:
+        adapter = Adapter(name=name, int_id=self._next_adapter_id, path=path)
+        self._next_adapter_id += 1
+        return adapter
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        """Load into vLLM's adapter cache now, so a broken adapter fails here, not mid-request."""
+        try:
+            ok = await self.llm.add_lora(adapter.lora_request())
+        except Exception as e:  # vLLM raises assorted types for unreadable adapters
+            raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
+        if not ok:
+            raise AdapterLoadError(f"engine refused adapter {adapter.name!r}")
+
+    async def unload_adapter(self, adapter: Adapter) -> None:
+        await self.llm.remove_lora(adapter.int_id)
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    @property
+    def errored(self) -> bool:
+        return self._llm is not None and self._llm.errored
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids)
+
+    def text_prompt(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        *,
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream outputs; closing or cancelling the iterator aborts the engine request."""
+        stream = self.llm.generate(
+            {"prompt_token_ids": prompt_ids},
+            sampling,
+            request_id,
+            lora_request=adapter.lora_request() if adapter else None,
+        )
+        try:
+            async for output in stream:
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            await self.llm.abort(request_id)
+            raise
+        finally:
+            await stream.aclose()
+
+    def _stat_logger_factory(self) -> Callable[..., Any]:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        callback = self.on_scheduler_stats
+        assert callback is not None
+
+        class SchedulerStatsHook(StatLoggerBase):
+            """Forwards vLLM's per-step scheduler stats to our metrics."""
+
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                self.engine_index = engine_index
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if scheduler_stats is not None:
+                    callback(
+                        SchedulerSnapshot(
+                            running=scheduler_stats.num_running_reqs,
+                            waiting=scheduler_stats.num_waiting_reqs,
+                            kv_cache_usage=scheduler_stats.kv_cache_usage,
+                        )
+                    )
+
+            def log_engine_initialized(self) -> None:
+                return None
+
+        return SchedulerStatsHook

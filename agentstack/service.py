@@ -1,0 +1,231 @@
+"""The running service: Redis, the engine and the roles, started and stopped together.
+
+The HTTP layer only talks to `Service`; so do the benchmarks that bypass HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from agentstack.config import Settings
+from agentstack.engine import Adapter, AdapterLoadError, Engine
+from agentstack.metrics import Metrics
+from agentstack.model_prep import prepare
+from agentstack.redis_server import EmbeddedRedis
+from agentstack.roles import AdapterChange, AdapterStore, Role, RoleSpec, load_roles_file
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.outputs import RequestOutput
+
+logger = logging.getLogger(__name__)
+
+AUTO_MODEL = "auto"
+
+
+class UnknownRole(LookupError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(f"The model `{name}` does not exist. Available: {', '.join(available)}")
+        self.name = name
+        self.available = available
+
+
+class AdapterRequestError(ValueError):
+    """A run-time adapter load/unload the service refuses (bad name or path, conflict)."""
+
+
+@dataclass
+class Service:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    engine: Engine | None = None
+    roles: dict[str, Role] = field(default_factory=dict)
+    redis: aioredis.Redis | None = None
+    _embedded_redis: EmbeddedRedis | None = None
+    _store: AdapterStore | None = None
+    _adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def base_name(self) -> str:
+        return self.settings.served_model_name
+
+    def model_dir(self) -> Path:
+        if self.settings.model is not None:
+            return self.settings.model
+        return prepare(self.settings.models_dir).path
+
+    async def start(self) -> None:
+        settings = self.settings
+        redis_url = settings.redis_url
+        if redis_url is None:
+            self._embedded_redis = EmbeddedRedis(settings.redis_dir).start()
+            redis_url = self._embedded_redis.url
+        self.redis = aioredis.Redis.from_url(redis_url)
+        await self.redis.ping()
+        self._store = AdapterStore(self.redis, prefix=settings.redis_prefix)
+
+        self.engine = Engine(settings, self.model_dir(), on_scheduler_stats=self.metrics.observe_scheduler)
+        await asyncio.to_thread(self.engine.start)
+        for spec in load_roles_file(settings.roles_file):
+            await self._install(spec, origin="file")
+        for change in await self._store.changes():
+            await self._replay(change)
+        logger.info("serving roles: %s", ", ".join(self.roles))
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        if self._embedded_redis is not None:
+            self._embedded_redis.stop()
+            self._embedded_redis = None
+
+    # Roles
+
+    def model_names(self) -> list[str]:
+        return [self.base_name, *self.roles]
+
+    def resolve(self, name: str) -> Role:
+        """The role serving `name`; the base model is a role with no adapter and no prompt."""
+        if name in self.roles:
+            return self.roles[name]
+        if name == self.base_name:
+            return Role(spec=RoleSpec(name=name), adapter=None, origin="file")
+        raise UnknownRole(name, self.model_names())
+
+    async def _install(self, spec: RoleSpec, *, origin: str) -> Role:
+        assert self.engine is not None
+        adapter: Adapter | None = None
+        if spec.adapter is not None:
+            adapter = self.engine.new_adapter(spec.name, spec.adapter)
+            await self.engine.load_adapter(adapter)
+            self.metrics.adapter_loaded.labels(spec.name).set(1)
+        role = Role(spec=spec, adapter=adapter, origin=origin)  # type: ignore[arg-type]
+        self.roles[spec.name] = role
+        return role
+
+    async def _remove(self, name: str) -> None:
+        assert self.engine is not None
+        role = self.roles.pop(name)
+        if role.adapter is not None:
+            await self.engine.unload_adapter(role.adapter)
+            self.metrics.adapter_loaded.remove(name)
+
+    async def _replay(self, change: AdapterChange) -> None:
+        try:
+            if change.action == "unload":
+                if change.name in self.roles:
+                    await self._remove(change.name)
+            elif change.path is not None:
+                path = self.checked_adapter_path(change.path)
+                if change.name in self.roles:
+                    await self._remove(change.name)
+                await self._install(RoleSpec(name=change.name, adapter=path), origin="runtime")
+        except (AdapterRequestError, AdapterLoadError) as e:
+            logger.warning("skipping stored adapter %s: %s", change.name, e)
+
+    def checked_adapter_path(self, raw: str) -> Path:
+        """Resolve an adapter path and refuse anything outside the adapters root."""
+        root = self.settings.resolved_adapters_root
+        candidate = Path(raw)
+        if not candidate.is_absolute():
+            candidate = root / candidate
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(root):
+            raise AdapterRequestError(f"lora_path must be inside the adapters root ({root})")
+        if not (resolved / "adapter_config.json").is_file():
+            raise AdapterRequestError(f"no adapter found at lora_path {raw!r}")
+        return resolved
+
+    async def load_adapter(self, name: str, raw_path: str, *, inplace: bool = False) -> Role:
+        if name in (self.base_name, AUTO_MODEL):
+            raise AdapterRequestError(f"the name {name!r} is reserved")
+        path = self.checked_adapter_path(raw_path)
+        async with self._adapter_lock:
+            previous = self.roles.get(name)
+            if previous is not None and not inplace:
+                raise AdapterRequestError(
+                    f"The lora adapter '{name}' has already been loaded. "
+                    "Pass load_inplace to replace it."
+                )
+            assert self.engine is not None and self._store is not None
+            candidate = self.engine.new_adapter(name, path)
+            await self.engine.load_adapter(candidate)  # fails before anything changes
+            if previous is not None:
+                await self._remove(name)
+            spec = previous.spec.model_copy(update={"adapter": path}) if previous else RoleSpec(name=name, adapter=path)
+            role = Role(spec=spec, adapter=candidate, origin="runtime")
+            self.roles[name] = role
+            self.metrics.adapter_loaded.labels(name).set(1)
+            await self._store.record(AdapterChange(name=name, action="load", path=str(path)))
+            return role
+
+    async def unload_adapter(self, name: str) -> None:
+        async with self._adapter_lock:
+            role = self.roles.get(name)
+            if role is None or role.adapter is None:
+                raise UnknownRole(name, [n for n, r in self.roles.items() if r.adapter])
+            assert self._store is not None
+            await self._remove(name)
+            await self._store.record(AdapterChange(name=name, action="unload"))
+
+    # Health
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            assert self.engine is not None
+            await asyncio.wait_for(self.engine.check_health(), timeout=5)
+            checks["engine"] = "ok"
+        except Exception as e:  # readiness reports, it does not raise
+            checks["engine"] = f"error: {type(e).__name__}"
+        try:
+            assert self.redis is not None
+            await asyncio.wait_for(self.redis.ping(), timeout=2)
+            checks["redis"] = "ok"
+        except Exception as e:
+            checks["redis"] = f"error: {type(e).__name__}"
+        return checks
+
+    # Generation
+
+    async def stream(
+        self, role: Role, prompt_ids: list[int], sampling: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Run one engine request, recording latency, token and prefix-cache metrics by role."""
+        assert self.engine is not None
+        started = time.perf_counter()
+        first = True
+        last: RequestOutput | None = None
+        finished = False
+        try:
+            async for output in self.engine.generate(
+                prompt_ids, sampling, request_id=request_id, adapter=role.adapter
+            ):
+                if first and output.outputs and output.outputs[0].token_ids:
+                    self.metrics.time_to_first_token.labels(role.name).observe(time.perf_counter() - started)
+                    first = False
+                last = output
+                yield output
+            finished = True
+        finally:
+            if last is not None:
+                self.metrics.prompt_tokens.labels(role.name).inc(len(prompt_ids))
+                self.metrics.generation_tokens.labels(role.name).inc(len(last.outputs[0].token_ids))
+                self.metrics.prefix_cache_queries.labels(role.name).inc(len(prompt_ids))
+                self.metrics.prefix_cache_hits.labels(role.name).inc(last.num_cached_tokens or 0)
+            if finished:
+                self.metrics.e2e_latency.labels(role.name).observe(time.perf_counter() - started)
+            else:
+                self.metrics.requests_aborted.labels(role.name).inc()

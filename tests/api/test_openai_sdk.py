@@ -1,0 +1,201 @@
+"""The OpenAI Python SDK against the live server, on the real engine and the demo roles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BASE_MODEL = "smollm2-135m-instruct"
+QUESTION = "What is the capital of France?"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client: openai.OpenAI, model: str, question: str = QUESTION) -> str:
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=48
+    )
+    return reply.choices[0].message.content or ""
+
+
+def uppercase_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / max(len(letters), 1)
+
+
+def test_models_lists_base_and_roles(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert {BASE_MODEL, "assistant", "json_answer", "shout"} <= set(models)
+    assert models["shout"].parent == BASE_MODEL  # type: ignore[attr-defined]
+
+
+def test_chat_answers_from_the_real_model(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="assistant", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_roles_behave_as_their_adapters_dictate(client: openai.OpenAI) -> None:
+    base = ask(client, "assistant")
+    as_json = ask(client, "json_answer")
+    shouted = ask(client, "shout")
+
+    assert isinstance(json.loads(as_json).get("answer"), str)
+    assert uppercase_share(shouted) > 0.9
+    assert uppercase_share(base) < 0.5
+    assert not base.lstrip().startswith("{")
+    assert len({base, as_json, shouted}) == 3
+
+
+def test_streaming_yields_the_same_text_as_a_plain_call(client: openai.OpenAI) -> None:
+    plain = ask(client, "shout")
+    stream = client.chat.completions.create(
+        model="shout", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48,
+        stream=True, stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == plain
+    assert len([p for p in pieces if p]) > 1, "text should arrive in several chunks"
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_required_tool_choice_returns_a_parsed_tool_call(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_tokens=64,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
+    arguments = json.loads(choice.message.tool_calls[0].function.arguments)
+    assert isinstance(arguments.get("city"), str)
+
+
+def test_streamed_tool_call_arrives_as_a_tool_calls_delta(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        temperature=0, max_tokens=64, stream=True,
+    )
+    calls, finish = [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            calls.extend(choice.delta.tool_calls or [])
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls[0].function.name == "get_weather"
+    assert "city" in json.loads(calls[0].function.arguments)
+
+
+def test_text_completion(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=BASE_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert reply.choices[0].text.strip()
+
+
+def test_eight_concurrent_mixed_role_requests_all_succeed(base_url: str) -> None:
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+        roles = ["assistant", "json_answer", "shout", BASE_MODEL] * 2
+        replies = await asyncio.gather(*(
+            client.chat.completions.create(
+                model=role, messages=[{"role": "user", "content": f"Name a famous city, number {i}."}],
+                temperature=0, max_tokens=24,
+            )
+            for i, role in enumerate(roles)
+        ))
+        await client.close()
+        return [r.choices[0].message.content or "" for r in replies]
+
+    answers = asyncio.run(run())
+    assert len(answers) == 8 and all(answers)
+
+
+def test_adapter_load_and_unload_at_run_time(client: openai.OpenAI) -> None:
+    loaded = client.post(
+        "/load_lora_adapter", body={"lora_name": "shout-live", "lora_path": "shout-copy"},
+        cast_to=httpx.Response,
+    )
+    assert loaded.status_code == 200 and "added successfully" in loaded.text
+    assert "shout-live" in {m.id for m in client.models.list()}
+    assert uppercase_share(ask(client, "shout-live")) > 0.9
+
+    unloaded = client.post("/unload_lora_adapter", body={"lora_name": "shout-live"}, cast_to=httpx.Response)
+    assert unloaded.status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "shout-live")
+
+
+def test_client_disconnect_aborts_the_engine_request(base_url: str) -> None:
+    def aborted() -> float:
+        text = httpx.get(f"{base_url}/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("agentstack:requests_aborted_total")
+        )
+
+    before = aborted()
+    body = {"model": "assistant", "stream": True, "max_tokens": 400, "temperature": 0.8,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        for _ in zip(range(3), response.iter_lines()):
+            pass
+    for _ in range(50):
+        if aborted() > before:
+            break
+        time.sleep(0.2)
+    assert aborted() == before + 1
+
+
+def test_metrics_report_requests_latency_and_tokens_by_role(base_url: str, client: openai.OpenAI) -> None:
+    ask(client, "json_answer")
+    text = httpx.get(f"{base_url}/metrics").text
+    for series in (
+        'agentstack:requests_total{role="json_answer",status="200"}',
+        'agentstack:time_to_first_token_seconds_count{role="json_answer"}',
+        'agentstack:e2e_request_latency_seconds_count{role="json_answer"}',
+        'agentstack:prompt_tokens_total{role="json_answer"}',
+        'agentstack:generation_tokens_total{role="json_answer"}',
+        'agentstack:prefix_cache_hits_total{role="json_answer"}',
+        "agentstack:num_requests_running",
+        "agentstack:num_requests_waiting",
+        'agentstack:adapter_loaded{adapter="shout"}',
+    ):
+        assert series in text, series

@@ -1,0 +1,119 @@
+"""Shared fixtures: the prepared model, a real Redis process, and a live `agentstack serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentstack.config import PACKAGE_DATA, Settings
+from agentstack.model_prep import prepare
+from agentstack.redis_server import EmbeddedRedis, free_port
+
+DEMO_ADAPTERS = PACKAGE_DATA / "adapters"
+SERVER_START_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return prepare(Settings().models_dir).path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def adapters_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run-time adapters root holding a copy of a demo adapter, to load through the API."""
+    root = tmp_path_factory.mktemp("adapters")
+    shutil.copytree(DEMO_ADAPTERS / "shout", root / "shout-copy")
+    return root
+
+
+@dataclass
+class LiveServer:
+    """A real `agentstack serve` process on a loopback port."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        env = {**os.environ, **self.env, "AGENTSTACK_PORT": str(self.port)}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentstack.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"server not ready in {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def server_env(model_dir: Path, redis_url: str, adapters_root: Path, cache_dir: Path) -> dict[str, str]:
+    return {
+        "AGENTSTACK_MODEL": str(model_dir),
+        "AGENTSTACK_REDIS_URL": redis_url,
+        "AGENTSTACK_ADAPTERS_ROOT": str(adapters_root),
+        "AGENTSTACK_CACHE_DIR": str(cache_dir),
+        "AGENTSTACK_KV_CACHE_SPACE_GIB": "1",
+        "AGENTSTACK_MAX_TOKENS_CAP": "512",
+        "AGENTSTACK_MAX_BODY_BYTES": "200000",
+    }
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, redis_server: EmbeddedRedis, adapters_root: Path
+) -> Iterator[LiveServer]:
+    cache_dir = tmp_path_factory.mktemp("cache")
+    env = server_env(model_dir, redis_server.url, adapters_root, cache_dir)
+    env["AGENTSTACK_REDIS_PREFIX"] = "session"
+    server = LiveServer(env=env, log_path=cache_dir / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(live_server: LiveServer) -> str:
+    return live_server.base_url
