@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +31,21 @@ ModelOption = Annotated[
     Optional[Path], typer.Option("--model", help="Local Hugging Face model directory to serve.")
 ]
 RolesOption = Annotated[Optional[Path], typer.Option("--roles", help="Roles file (YAML).")]
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything (ours, vLLM's, its engine processes') to stderr, so that stdout
+    carries only the one JSON object `--json` promises."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -69,11 +88,16 @@ def model_prepare(
 @roles_app.command("list")
 def roles_list(roles: RolesOption = None) -> None:
     """Show the roles of the roles file."""
-    from agentstack.roles import load_roles_file
+    from agentstack.roles import RolesFileError, load_roles_file
 
     settings = _settings(roles_file=roles)
+    try:
+        specs = load_roles_file(settings.roles_file)
+    except RolesFileError as e:
+        console.print(f"[red]error[/]: {e}")
+        raise typer.Exit(2) from e
     table = Table("name", "adapter", "reasoning", "description")
-    for spec in load_roles_file(settings.roles_file):
+    for spec in specs:
         table.add_row(spec.name, spec.adapter.name if spec.adapter else "(base model)",
                       spec.reasoning.value, spec.description)
     console.print(table)
@@ -93,7 +117,8 @@ def bench_serve(
 
     config = ServeBenchConfig(requests=requests, concurrency=concurrency, max_tokens=max_tokens,
                               rounds=rounds, report_dir=report_dir)
-    result = run_serve_bench(_settings(), config, quiet=as_json)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_serve_bench(_settings(), config, quiet=as_json)
     if as_json:
         print(json.dumps(result.summary()))
     else:

@@ -1,0 +1,1 @@
+"""LangGraph workflow definitions on the roles, and their registry. Not built yet."""

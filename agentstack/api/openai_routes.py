@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -116,6 +118,38 @@ def wants_thinking(role: Role, body: ChatCompletionRequest) -> bool:
     return role.spec.reasoning is ReasoningPath.THINK
 
 
+# Nobody reads it; 499 is the de-facto "client closed request" status in access logs.
+def client_gone() -> JSONResponse:
+    return JSONResponse(error_body(499, "ClientClosedRequest", "client disconnected"), status_code=499)
+
+
+async def last_output_unless_disconnected(request: Request, outputs: AsyncIterator[Any]) -> Any | None:
+    """Run a non-streaming request to its end, or cancel it (aborting the engine request)
+    as soon as the client disconnects; returns None in that case."""
+
+    async def last() -> Any:
+        final = None
+        async for output in outputs:
+            final = output
+        return final
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    generation = asyncio.ensure_future(last())
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({generation, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not generation.done():
+            generation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await generation
+    return None if generation.cancelled() else generation.result()
+
+
 def _usage(prompt: int, completion: int, cached: int | None) -> Usage:
     return Usage(
         prompt_tokens=prompt,
@@ -156,10 +190,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
                               tools=tools, forced=forced, think=think, include_usage=include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
 
-    final = None
-    async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
-        final = output
-    assert final is not None
+    final = await last_output_unless_disconnected(
+        request, service.stream(role, prompt_ids, sampling, request_id=request_id)
+    )
+    if final is None:
+        return client_gone()
     completion = final.outputs[0]
     reply = parse_reply(completion.text, tools=tools, forced=forced, think=think)
     finish = "tool_calls" if reply.tool_calls else completion.finish_reason
@@ -258,10 +293,11 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
             _completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix),
             media_type="text/event-stream",
         )
-    final = None
-    async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
-        final = output
-    assert final is not None
+    final = await last_output_unless_disconnected(
+        request, service.stream(role, prompt_ids, sampling, request_id=request_id)
+    )
+    if final is None:
+        return client_gone()
     completion = final.outputs[0]
     response = CompletionResponse(
         id=request_id,

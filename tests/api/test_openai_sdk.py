@@ -163,25 +163,33 @@ def test_adapter_load_and_unload_at_run_time(client: openai.OpenAI) -> None:
         ask(client, "shout-live")
 
 
-def test_client_disconnect_aborts_the_engine_request(base_url: str) -> None:
-    def aborted() -> float:
-        text = httpx.get(f"{base_url}/metrics").text
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith("agentstack:requests_aborted_total")
-        )
+def aborted_requests(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("agentstack:requests_aborted_total")
+    )
 
-    before = aborted()
-    body = {"model": "assistant", "stream": True, "max_tokens": 400, "temperature": 0.8,
-            "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
-        for _ in zip(range(3), response.iter_lines()):
-            pass
-    for _ in range(50):
-        if aborted() > before:
-            break
+
+LONG_STORY = {"model": "assistant", "max_tokens": 400, "temperature": 0.8, "ignore_eos": True,
+              "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streaming", "non-streaming"])
+def test_client_disconnect_aborts_the_engine_request(base_url: str, streamed: bool) -> None:
+    before = aborted_requests(base_url)
+    if streamed:
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**LONG_STORY, "stream": True},
+                          timeout=60) as response:
+            for _ in zip(range(3), response.iter_lines()):
+                pass
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base_url}/v1/chat/completions", json=LONG_STORY, timeout=httpx.Timeout(60, read=2))
+    deadline = time.monotonic() + 15
+    while aborted_requests(base_url) == before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert aborted() == before + 1
+    assert aborted_requests(base_url) == before + 1
 
 
 def test_metrics_report_requests_latency_and_tokens_by_role(base_url: str, client: openai.OpenAI) -> None:

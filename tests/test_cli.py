@@ -1,0 +1,32 @@
+"""The `agentstack` command line, as a user runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agentstack.cli import app
+
+runner = CliRunner()
+
+
+def test_roles_list_shows_the_demo_roles() -> None:
+    result = runner.invoke(app, ["roles", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("assistant", "json_answer", "shout"):
+        assert name in result.output
+
+
+def test_roles_list_reports_an_invalid_file(tmp_path: Path) -> None:
+    bad = tmp_path / "roles.yaml"
+    bad.write_text("roles: [{name: x, temperature: hot}]")
+    result = runner.invoke(app, ["roles", "list", "--roles", str(bad)])
+    assert result.exit_code != 0
+    assert result.exit_code == 2 and "roles.yaml" in result.output
+
+
+def test_model_prepare_reuses_the_verified_copy(model_dir: Path) -> None:
+    result = runner.invoke(app, ["model", "prepare"])
+    assert result.exit_code == 0, result.output
+    assert "reused" in result.output
