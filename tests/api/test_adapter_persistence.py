@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import httpx
 import pytest
 
 from agentstack.redis_server import EmbeddedRedis
-from tests.conftest import LiveServer, server_env
+from tests.conftest import SHOUT_PROMPT, LiveServer, server_env, uppercase_share
 
 pytestmark = pytest.mark.slow
+
+# uvicorn finishes its graceful shutdown, then re-raises SIGTERM so the exit status tells it.
+GRACEFUL_EXIT = (0, -signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
         assert http.post("/v1/unload_lora_adapter", json={"lora_name": "json_answer"}).status_code == 200
         assert "json_answer" not in model_ids(server)
     finally:
-        assert server.stop() == 0, server.log_tail()
+        assert server.stop() in GRACEFUL_EXIT, server.log_tail()
 
     restarted = LiveServer(env=env, log_path=tmp_path / "server.log").start()
     try:
@@ -45,11 +49,11 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
         assert "json_answer" not in ids
         reply = httpx.post(f"{restarted.base_url}/v1/chat/completions", timeout=120, json={
             "model": "shout-kept", "temperature": 0, "max_tokens": 24,
-            "messages": [{"role": "user", "content": "What is the capital of Italy?"}],
+            "messages": [{"role": "system", "content": SHOUT_PROMPT},
+                         {"role": "user", "content": "What is the capital of Italy?"}],
         })
         assert reply.status_code == 200
-        text = reply.json()["choices"][0]["message"]["content"]
-        assert text == text.upper()
+        assert uppercase_share(reply.json()["choices"][0]["message"]["content"]) > 0.9
 
         # Readiness follows Redis: down -> 503 naming Redis, back -> ready again.
         port = own_redis.port
@@ -62,4 +66,4 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
         own_redis.start()
         assert httpx.get(f"{restarted.base_url}/readyz", timeout=30).status_code == 200
     finally:
-        assert restarted.stop() == 0, restarted.log_tail()
+        assert restarted.stop() in GRACEFUL_EXIT, restarted.log_tail()

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import SHOUT_PROMPT, uppercase_share
+
 pytestmark = pytest.mark.slow
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -33,16 +35,13 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def ask(client: openai.OpenAI, model: str, question: str = QUESTION) -> str:
+def ask(client: openai.OpenAI, model: str, question: str = QUESTION, system: str | None = None) -> str:
+    messages = [{"role": "system", "content": system}] if system else []
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=48
+        model=model, messages=[*messages, {"role": "user", "content": question}],  # type: ignore[list-item]
+        temperature=0, max_tokens=48,
     )
     return reply.choices[0].message.content or ""
-
-
-def uppercase_share(text: str) -> float:
-    letters = [c for c in text if c.isalpha()]
-    return sum(c.isupper() for c in letters) / max(len(letters), 1)
 
 
 def test_models_lists_base_and_roles(client: openai.OpenAI) -> None:
@@ -155,7 +154,8 @@ def test_adapter_load_and_unload_at_run_time(client: openai.OpenAI) -> None:
     )
     assert loaded.status_code == 200 and "added successfully" in loaded.text
     assert "shout-live" in {m.id for m in client.models.list()}
-    assert uppercase_share(ask(client, "shout-live")) > 0.9
+    # A run-time adapter has no role prompt of its own: the caller sends the one it was trained with.
+    assert uppercase_share(ask(client, "shout-live", system=SHOUT_PROMPT)) > 0.9
 
     unloaded = client.post("/unload_lora_adapter", body={"lora_name": "shout-live"}, cast_to=httpx.Response)
     assert unloaded.status_code == 200
