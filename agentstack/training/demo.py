@@ -383,7 +383,7 @@ def demo_spec(role: DemoRole, model_dir: Path, examples: Path, out_root: Path) -
         out_dir=out_root / role.name,
         steps=100,
         batch_size=8,
-        lr=1e-3,
+        lr=2e-3,
         warmup_steps=10,
         seed=SEED,
         checkpoint_every=25,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -284,14 +284,15 @@ def _collate(batch: Sequence[_Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _lora_layers(model: torch.nn.Module, module_name: str) -> dict[str, torch.nn.Module]:
+def _lora_a(model: torch.nn.Module, module_name: str) -> dict[str, torch.nn.Linear]:
+    """The default adapter's lora_A projection of every LoRA layer named `module_name`."""
     from peft.tuners.lora import LoraLayer
 
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and name.rsplit(".", 1)[-1] == module_name
-    }
+    found: dict[str, torch.nn.Linear] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and name.rsplit(".", 1)[-1] == module_name:
+            found[name] = cast(torch.nn.Linear, module.lora_A["default"])
+    return found
 
 
 def _freeze_shared_a(model: torch.nn.Module, reference: Path, rank: int) -> int:
@@ -302,18 +303,17 @@ def _freeze_shared_a(model: torch.nn.Module, reference: Path, rank: int) -> int:
             f"reference adapter {reference.name} has rank {config.get('r')}, not {rank}"
         )
     weights = load_file(str(reference / ADAPTER_WEIGHTS))
-    layers = _lora_layers(model, SHARED_MODULE)
-    if not layers:
+    projections = _lora_a(model, SHARED_MODULE)
+    if not projections:
         raise ValueError(f"the model has no LoRA {SHARED_MODULE} layers to share")
-    for name, layer in layers.items():
+    for name, projection in projections.items():
         key = f"{name}.lora_A.weight"
         if key not in weights:
             raise ValueError(f"reference adapter {reference.name} lacks {key}")
-        target = layer.lora_A["default"].weight  # type: ignore[index]
         with torch.no_grad():
-            target.copy_(weights[key].to(target.dtype))
-        target.requires_grad_(False)
-    return len(layers)
+            projection.weight.copy_(weights[key].to(projection.weight.dtype))
+        projection.weight.requires_grad_(False)
+    return len(projections)
 
 
 def _build_model(spec: TrainSpec) -> torch.nn.Module:
@@ -466,8 +466,14 @@ def _model_card(spec: TrainSpec, n_examples: int, state: _RunState, final_loss: 
 
 
 def _write_adapter(model: Any, spec: TrainSpec, card: str) -> None:
-    """Save the final adapter without machine-local paths, then its model card."""
-    model.peft_config["default"].base_model_name_or_path = spec.base_model_name
+    """Save the final adapter without machine-local paths, then its model card.
+
+    peft keeps target modules as a set, whose order changes between processes; a sorted
+    list keeps retrained adapter_config.json files byte-identical.
+    """
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = spec.base_model_name
+    config.target_modules = sorted(config.target_modules)
     model.save_pretrained(spec.out_dir, save_embedding_layers=False)
     (spec.out_dir / "README.md").write_text(card, encoding="utf-8")
 

@@ -32,7 +32,9 @@ def tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 
 def _supervised(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int]) -> str:
-    return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE])
+    return str(
+        tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != IGNORE])
+    )
 
 
 def test_build_labels_keeps_only_the_reply(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -152,6 +154,7 @@ def test_tiny_run_resumes_and_shares_v_proj_a(
     assert not checkpoint.exists()
     config = json.loads((spec.out_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2-135m-instruct"
+    assert config["target_modules"] == ["o_proj", "q_proj", "v_proj"]
     card = (spec.out_dir / "README.md").read_text()
     assert "tiny.jsonl" in card and "| steps | 3 |" in card
     assert str(tmp_path) not in (spec.out_dir / "adapter_config.json").read_text() + card
