@@ -105,10 +105,10 @@ def roles_list(roles: RolesOption = None) -> None:
 
 @bench_app.command("serve")
 def bench_serve(
-    requests: Annotated[int, typer.Option(help="Requests per side.")] = 32,
+    requests: Annotated[int, typer.Option(help="Requests per side.")] = 64,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 32,
-    rounds: Annotated[int, typer.Option(help="Alternating rounds per side.")] = 2,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds per side.")] = 4,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

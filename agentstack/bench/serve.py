@@ -43,10 +43,10 @@ QUESTIONS = [
 
 @dataclass(frozen=True, slots=True)
 class ServeBenchConfig:
-    requests: int = 32
+    requests: int = 64
     concurrency: int = 8
     max_tokens: int = 32
-    rounds: int = 2
+    rounds: int = 4
     report_dir: Path = Path("reports")
 
 
