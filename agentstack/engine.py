@@ -77,10 +77,6 @@ class Engine:
             raise RuntimeError("engine not started")
         return self._tokenizer
 
-    @property
-    def max_model_len(self) -> int:
-        return self.settings.max_model_len
-
     def start(self) -> None:
         """Build the engine. Blocking: loads weights and profiles memory (tens of seconds on CPU)."""
         from transformers import AutoTokenizer
@@ -135,10 +131,6 @@ class Engine:
 
     async def check_health(self) -> None:
         await self.llm.check_health()
-
-    @property
-    def errored(self) -> bool:
-        return self._llm is not None and self._llm.errored
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(

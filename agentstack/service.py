@@ -105,15 +105,27 @@ class Service:
         raise UnknownRole(name, self.model_names())
 
     async def _install(self, spec: RoleSpec, *, origin: str) -> Role:
+        """Load the role's adapter first, so a broken one fails before anything changes,
+        then replace any role of the same name."""
         assert self.engine is not None
         adapter: Adapter | None = None
         if spec.adapter is not None:
             adapter = self.engine.new_adapter(spec.name, spec.adapter)
             await self.engine.load_adapter(adapter)
+        if spec.name in self.roles:
+            await self._remove(spec.name)
+        if adapter is not None:
             self.metrics.adapter_loaded.labels(spec.name).set(1)
         role = Role(spec=spec, adapter=adapter, origin=origin)  # type: ignore[arg-type]
         self.roles[spec.name] = role
         return role
+
+    def _runtime_spec(self, name: str, path: Path) -> RoleSpec:
+        """A run-time load keeps the prompt and sampling of a role it replaces."""
+        previous = self.roles.get(name)
+        if previous is None:
+            return RoleSpec(name=name, adapter=path)
+        return previous.spec.model_copy(update={"adapter": path})
 
     async def _remove(self, name: str) -> None:
         assert self.engine is not None
@@ -129,9 +141,7 @@ class Service:
                     await self._remove(change.name)
             elif change.path is not None:
                 path = self.checked_adapter_path(change.path)
-                if change.name in self.roles:
-                    await self._remove(change.name)
-                await self._install(RoleSpec(name=change.name, adapter=path), origin="runtime")
+                await self._install(self._runtime_spec(change.name, path), origin="runtime")
         except (AdapterRequestError, AdapterLoadError) as e:
             logger.warning("skipping stored adapter %s: %s", change.name, e)
 
@@ -153,21 +163,13 @@ class Service:
             raise AdapterRequestError(f"the name {name!r} is reserved")
         path = self.checked_adapter_path(raw_path)
         async with self._adapter_lock:
-            previous = self.roles.get(name)
-            if previous is not None and not inplace:
+            if name in self.roles and not inplace:
                 raise AdapterRequestError(
                     f"The lora adapter '{name}' has already been loaded. "
                     "Pass load_inplace to replace it."
                 )
-            assert self.engine is not None and self._store is not None
-            candidate = self.engine.new_adapter(name, path)
-            await self.engine.load_adapter(candidate)  # fails before anything changes
-            if previous is not None:
-                await self._remove(name)
-            spec = previous.spec.model_copy(update={"adapter": path}) if previous else RoleSpec(name=name, adapter=path)
-            role = Role(spec=spec, adapter=candidate, origin="runtime")
-            self.roles[name] = role
-            self.metrics.adapter_loaded.labels(name).set(1)
+            assert self._store is not None
+            role = await self._install(self._runtime_spec(name, path), origin="runtime")
             await self._store.record(AdapterChange(name=name, action="load", path=str(path)))
             return role
 

@@ -150,12 +150,15 @@ async def last_output_unless_disconnected(request: Request, outputs: AsyncIterat
     return None if generation.cancelled() else generation.result()
 
 
-def _usage(prompt: int, completion: int, cached: int | None) -> Usage:
+def _usage(final: Any) -> Usage:
+    """Token counts of a finished engine request (a vLLM `RequestOutput`)."""
+    prompt = len(final.prompt_token_ids or ())
+    completion = len(final.outputs[0].token_ids)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        prompt_tokens_details={"cached_tokens": cached or 0},
+        prompt_tokens_details={"cached_tokens": final.num_cached_tokens or 0},
     )
 
 
@@ -207,7 +210,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
                 finish_reason=finish,
             )
         ],
-        usage=_usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens),
+        usage=_usage(final),
     )
     return JSONResponse(response.model_dump(exclude_none=False))
 
@@ -272,7 +275,7 @@ async def _chat_events(
         yield _sse(chunk({"content": text[sent:]}))
     yield _sse(chunk({}, finish))
     if include_usage:
-        usage = _usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens)
+        usage = _usage(final)
         yield _sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
                     "model": model, "choices": [], "usage": usage.model_dump()})
     yield _sse("[DONE]")
@@ -303,7 +306,7 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
         id=request_id,
         model=body.model,
         choices=[CompletionChoice(text=prefix + completion.text, finish_reason=completion.finish_reason)],
-        usage=_usage(len(prompt_ids), len(completion.token_ids), final.num_cached_tokens),
+        usage=_usage(final),
     )
     return JSONResponse(response.model_dump())
 

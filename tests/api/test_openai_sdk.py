@@ -87,7 +87,7 @@ def test_streaming_yields_the_same_text_as_a_plain_call(client: openai.OpenAI) -
     assert "".join(pieces) == plain
     assert len([p for p in pieces if p]) > 1, "text should arrive in several chunks"
     assert finish in ("stop", "length")
-    assert usage is not None and usage.completion_tokens > 0
+    assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
 
 
 def test_required_tool_choice_returns_a_parsed_tool_call(client: openai.OpenAI) -> None:
