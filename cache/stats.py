@@ -1,0 +1,119 @@
+"""Counters of the shared prefix cache, and their Prometheus export.
+
+The store updates plain dataclass counters on its hot path (no label lookups, no locks
+beyond the GIL); a collector turns them into ``agentstack:kv_cache_*`` series when
+``/metrics`` is scraped, on the same per-service registry as ``agentstack.metrics``:
+
+| series | labels | meaning |
+|---|---|---|
+| ``agentstack:kv_cache_hit_tokens_total`` | tier, mode | prompt tokens served from a tier |
+| ``agentstack:kv_cache_miss_tokens_total`` | mode | prompt tokens looked up and not found |
+| ``agentstack:kv_cache_cross_role_reuses_total`` | mode | lookups that reused another role's blocks |
+| ``agentstack:kv_cache_evictions_total`` | tier | blocks evicted for capacity |
+| ``agentstack:kv_cache_tier_faults_total`` | tier | tier operations that failed (served as misses) |
+| ``agentstack:kv_cache_bytes`` | tier | bytes of blocks held now |
+
+Hit and miss tokens mirror vLLM's ``vllm:prefix_cache_hits`` / ``_queries`` (in tokens),
+split by tier and mode so the three modes can be compared side by side.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass(slots=True)
+class TierStats:
+    """What one tier did on its own: capacity evictions and failed operations."""
+
+    evictions: int = 0
+    faults: int = 0
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Store-level counters, keyed by (tier, mode) or mode."""
+
+    hit_tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
+    miss_tokens: Counter[str] = field(default_factory=Counter)
+    cross_role_reuses: Counter[str] = field(default_factory=Counter)
+
+    def hits(self, *, tier: str | None = None, mode: str | None = None) -> int:
+        """Hit tokens, summed over whichever of tier and mode is left open."""
+        return sum(
+            n
+            for (t, m), n in self.hit_tokens.items()
+            if (tier is None or t == tier) and (mode is None or m == mode)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TierView:
+    """What the collector needs from a tier, without importing the tier classes."""
+
+    stats: TierStats
+    bytes_held: Callable[[], int]
+
+
+class CacheCollector(Collector):
+    """Reads a store's counters at scrape time and yields ``agentstack:kv_cache_*`` series."""
+
+    def __init__(self, stats: CacheStats, tiers: Mapping[str, TierView]) -> None:
+        self._stats = stats
+        self._tiers = tiers
+
+    def collect(self) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            "agentstack:kv_cache_hit_tokens",
+            "Prompt tokens served from the shared KV cache, by tier and mode.",
+            labels=["tier", "mode"],
+        )
+        for (tier, mode), n in sorted(self._stats.hit_tokens.items()):
+            hits.add_metric([tier, mode], n)
+        misses = CounterMetricFamily(
+            "agentstack:kv_cache_miss_tokens",
+            "Prompt tokens looked up in the shared KV cache and not found, by mode.",
+            labels=["mode"],
+        )
+        for mode, n in sorted(self._stats.miss_tokens.items()):
+            misses.add_metric([mode], n)
+        reuses = CounterMetricFamily(
+            "agentstack:kv_cache_cross_role_reuses",
+            "Lookups that reused blocks another role computed, by mode.",
+            labels=["mode"],
+        )
+        for mode, n in sorted(self._stats.cross_role_reuses.items()):
+            reuses.add_metric([mode], n)
+        evictions = CounterMetricFamily(
+            "agentstack:kv_cache_evictions",
+            "Blocks evicted from a tier to stay within its capacity.",
+            labels=["tier"],
+        )
+        faults = CounterMetricFamily(
+            "agentstack:kv_cache_tier_faults",
+            "Tier operations that failed and were served as misses.",
+            labels=["tier"],
+        )
+        held = GaugeMetricFamily(
+            "agentstack:kv_cache_bytes", "Bytes of cached blocks a tier holds.", labels=["tier"]
+        )
+        for name, view in self._tiers.items():
+            evictions.add_metric([name], view.stats.evictions)
+            faults.add_metric([name], view.stats.faults)
+            held.add_metric([name], view.bytes_held())
+        yield from (hits, misses, reuses, evictions, faults, held)
+
+
+def register_cache_metrics(
+    registry: CollectorRegistry, stats: CacheStats, tiers: Mapping[str, TierView]
+) -> CacheCollector:
+    """Add the cache's series to ``registry`` (the service's ``Metrics.registry``)."""
+    collector = CacheCollector(stats, tiers)
+    registry.register(collector)
+    return collector
