@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,13 +18,22 @@ from rich.table import Table
 
 from agentstack.config import Settings
 
+if TYPE_CHECKING:
+    from agentstack.service import Service
+
+T = TypeVar("T")
+
 app = typer.Typer(help="agentstack: multi-agent LLM workflows on one vLLM backbone.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect the served model.", no_args_is_help=True)
 roles_app = typer.Typer(help="Inspect roles.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Build and train the role adapters.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations on public benchmarks.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(roles_app, name="roles")
 app.add_typer(bench_app, name="bench")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(eval_app, name="eval")
 
 console = Console()
 
@@ -123,6 +133,127 @@ def bench_serve(
         print(json.dumps(result.summary()))
     else:
         console.print(result.table())
+
+
+ToolRoleArgument = Annotated[str, typer.Argument(help="Tool role: selector, arguments or single.")]
+
+
+def _tool_role(name: str) -> "ToolRole":
+    from agentstack.bfcl.training_data import ToolRole
+
+    try:
+        return ToolRole(name)
+    except ValueError:
+        console.print(f"[red]unknown role {name!r}[/]; choose from: {', '.join(r.value for r in ToolRole)}")
+        raise typer.Exit(2) from None
+
+
+@adapters_app.command("data")
+def adapters_data(
+    role: ToolRoleArgument,
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+) -> None:
+    """Write a tool role's training chats from the train split of BFCL's trained categories."""
+    from agentstack.bfcl.training_data import write_role_data
+
+    count = write_role_data(_tool_role(role), out)
+    console.print(f"{count} examples -> {out}")
+
+
+@adapters_app.command("train")
+def adapters_train(
+    role: ToolRoleArgument,
+    data: Annotated[Path, typer.Option(help='JSONL chats, one {"messages": [...]} per line.')],
+    out: Annotated[Path, typer.Option(help="Adapter directory to write (resumes from its checkpoint).")],
+    shared_v_a_from: Annotated[Optional[Path], typer.Option(
+        help="Reference adapter whose v_proj lora_A is frozen into this one (all roles but the first).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps; default one pass over the data.")] = None,
+    model: ModelOption = None,
+) -> None:
+    """Train one role adapter with loss on the assistant replies only."""
+    from agentstack.training.lora import train_lora
+    from agentstack.training.recipes import role_spec
+
+    spec = role_spec(_tool_role(role), _model_dir(model), data, out, shared_v_a_from)
+    if steps is not None:
+        spec = spec.model_copy(update={"steps": steps})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = train_lora(spec)
+    console.print(f"{role}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+                  f"{result.seconds:.0f} s -> {result.out_dir}")
+
+
+def _model_dir(model: Optional[Path]) -> Path:
+    from agentstack.model_prep import prepare
+
+    settings = _settings(model=model)
+    return settings.model or prepare(settings.models_dir).path
+
+
+@adapters_app.command("build")
+def adapters_build(
+    out_root: Annotated[Path, typer.Option(help="Where the role adapters go.")] = Path("agentstack/data/adapters"),
+    data_dir: Annotated[Path, typer.Option(help="Where the training chats go.")] = Path("build/adapter-data"),
+    model: ModelOption = None,
+) -> None:
+    """Rebuild the shipped tool roles: data, then selector, then arguments and single on its A."""
+    from agentstack.training.recipes import build_tool_adapters
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for result in build_tool_adapters(_model_dir(model), out_root, data_dir):
+        console.print(f"{result.out_dir.name}: {result.steps} steps, loss {result.final_loss:.4f}, "
+                      f"{result.seconds:.0f} s")
+
+
+@eval_app.command("bfcl")
+def eval_bfcl(
+    category: Annotated[list[str], typer.Option(
+        help="BFCL single-turn category; repeat for several. Trained ones use their dev split.")],
+    mode: Annotated[list[str], typer.Option(help="base, single or roles; repeat for several.")] = ["roles"],
+    limit: Annotated[Optional[int], typer.Option(help="First N examples of each category.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Examples in flight at once.")] = 8,
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    roles: RolesOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
+) -> None:
+    """AST accuracy on BFCL through the serving engine, scored by bfcl-eval's checker."""
+    from agentstack.bfcl.dataset import UnknownCategory, load_category
+    from agentstack.bfcl.evaluate import EvalConfig, EvalMode, evaluate, write_report
+
+    try:
+        modes = tuple(EvalMode(m) for m in mode)
+        for name in category:
+            load_category(name)
+    except (ValueError, UnknownCategory) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        scores = asyncio.run(_run_with_service(_settings(roles_file=roles),
+                                               lambda service: evaluate(service, config, quiet=as_json)))
+        report, plot = write_report(scores, report_dir)
+    if as_json:
+        for score in scores:
+            print(json.dumps(score.summary()))
+        return
+    table = Table("category", "mode", "correct", "accuracy", "generated tokens", "wall s",
+                  title="BFCL AST accuracy")
+    for score in scores:
+        table.add_row(score.category, score.mode.value, f"{score.correct}/{score.n}",
+                      f"{score.accuracy:.1%}", str(score.generated_tokens), f"{score.wall_s:.1f}")
+    console.print(table)
+    console.print(f"report: {report}  plot: {plot}")
+
+
+async def _run_with_service(settings: Settings, work: Callable[["Service"], Awaitable[T]]) -> T:
+    from agentstack.service import Service
+
+    service = Service(settings)
+    await service.start()
+    try:
+        return await work(service)
+    finally:
+        await service.stop()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,17 @@ class UnknownRole(LookupError):
         super().__init__(f"The model `{name}` does not exist. Available: {', '.join(available)}")
         self.name = name
         self.available = available
+
+
+class PromptTooLong(ValueError):
+    """The prompt leaves no room to generate within the engine's context length."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
 
 
 class AdapterRequestError(ValueError):
@@ -231,3 +243,21 @@ class Service:
                 self.metrics.e2e_latency.labels(role.name).observe(time.perf_counter() - started)
             else:
                 self.metrics.requests_aborted.labels(role.name).inc()
+
+    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion:
+        """Greedy completion of exactly these messages by a role (no role system prompt added),
+        for in-process workflows and evaluations."""
+        from vllm import SamplingParams
+
+        assert self.engine is not None
+        resolved = self.resolve(role)
+        prompt_ids = self.engine.chat_prompt(messages)
+        room = self.settings.max_model_len - len(prompt_ids)
+        if room <= 0:
+            raise PromptTooLong(f"{len(prompt_ids)} prompt tokens, context is {self.settings.max_model_len}")
+        params = SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room))
+        final: RequestOutput | None = None
+        async for output in self.stream(resolved, prompt_ids, params, request_id=f"{role}-{uuid.uuid4().hex}"):
+            final = output
+        assert final is not None
+        return Completion(final.outputs[0].text, len(prompt_ids), len(final.outputs[0].token_ids))

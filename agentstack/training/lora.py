@@ -65,6 +65,7 @@ class ChatExample(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    id: str | None = Field(default=None, description="Where the example came from, for the record.")
     messages: list[ChatMessage] = Field(min_length=2)
 
     @model_validator(mode="after")

@@ -1,0 +1,125 @@
+"""BFCL single-turn entries as agentstack sees them, and the committed train/dev split.
+
+Entries come from the `bfcl-eval` package itself (question files and possible answers),
+loaded the way its own generation step loads them. Only `TRAIN_CATEGORIES` may feed
+training, prompt tuning or model selection; the dev ids listed in `data/bfcl_split.json`
+are held out of training, and every other category is evaluation-only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentstack.config import PACKAGE_DATA
+from agentstack.tool_calling import Call
+
+TRAIN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
+SPLIT_FILE = PACKAGE_DATA / "bfcl_split.json"
+DEV_PER_CATEGORY = 25
+SPLIT_SEED = 20261123
+
+
+class UnknownCategory(ValueError):
+    """Not one of BFCL's single-turn categories."""
+
+
+class SplitFile(BaseModel):
+    """Dev ids per trained category; everything else in those categories is train."""
+
+    seed: int
+    dev: dict[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class BfclExample:
+    id: str
+    category: str
+    messages: list[dict[str, Any]]
+    functions: list[dict[str, Any]]
+    ground_truth: list[dict[str, Any]] | None
+
+    def reference_calls(self) -> list[Call]:
+        """One acceptable answer: per parameter the first allowed value; omittable ones left out."""
+        calls: list[Call] = []
+        for entry in self.ground_truth or []:
+            for name, params in entry.items():
+                arguments = {}
+                for param, allowed in params.items():
+                    if allowed and allowed[0] != "":
+                        arguments[param] = allowed[0]
+                calls.append({"name": name, "arguments": arguments})
+        return calls
+
+
+def single_turn_categories() -> list[str]:
+    from bfcl_eval.constants.category_mapping import SINGLE_TURN_CATEGORY
+
+    return list(SINGLE_TURN_CATEGORY)
+
+
+@cache
+def load_category(category: str) -> tuple[BfclExample, ...]:
+    """All entries of one single-turn category, with ground truth where BFCL has one."""
+    if category not in single_turn_categories():
+        raise UnknownCategory(
+            f"unknown BFCL single-turn category {category!r}; "
+            f"choose from: {', '.join(single_turn_categories())}"
+        )
+    from bfcl_eval.utils import is_relevance_or_irrelevance, load_dataset_entry, load_ground_truth_entry
+
+    # The function docs as written, without BFCL's per-language hint sentence: on this
+    # CPU every prompt token costs training time, and the checker reads them as written.
+    entries = load_dataset_entry(category, include_prereq=False, include_language_specific_hint=False)
+    answers: dict[str, list[dict[str, Any]]] = {}
+    if not is_relevance_or_irrelevance(category):
+        answers = {a["id"]: a["ground_truth"] for a in load_ground_truth_entry(category)}
+    return tuple(
+        BfclExample(
+            id=e["id"],
+            category=category,
+            messages=list(e["question"][0]),
+            functions=list(e["function"]),
+            ground_truth=answers.get(e["id"]),
+        )
+        for e in entries
+    )
+
+
+def make_split(seed: int = SPLIT_SEED) -> SplitFile:
+    """The split as first drawn; kept for the record, the committed file is what counts."""
+    rng = random.Random(seed)
+    dev = {}
+    for category in TRAIN_CATEGORIES:
+        ids = [e.id for e in load_category(category)]
+        dev[category] = sorted(rng.sample(ids, DEV_PER_CATEGORY), key=_id_order)
+    return SplitFile(seed=seed, dev=dev)
+
+
+def _id_order(example_id: str) -> tuple[str, int]:
+    prefix, _, number = example_id.rpartition("_")
+    return prefix, int(number) if number.isdigit() else -1
+
+
+@cache
+def load_split(path: Path = SPLIT_FILE) -> SplitFile:
+    return SplitFile.model_validate(json.loads(path.read_text()))
+
+
+def examples(category: str, part: str = "all") -> list[BfclExample]:
+    """`part` is `train`, `dev` or `all`; categories never trained on have only `all` (= dev)."""
+    entries = list(load_category(category))
+    if part == "all" or category not in TRAIN_CATEGORIES:
+        return entries
+    dev = set(load_split().dev[category])
+    if part == "dev":
+        return [e for e in entries if e.id in dev]
+    if part == "train":
+        return [e for e in entries if e.id not in dev]
+    raise ValueError(f"part must be train, dev or all, not {part!r}")

@@ -1,0 +1,82 @@
+"""The tool-calling workflow on the engine: selector, then arguments once per chosen
+function, ending in OpenAI `tool_calls`; and the one-adapter `single` pass it is
+compared with. Prompts and parsing live in `agentstack.tool_calling`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentstack.api.schemas import ToolCall, ToolCallFunction
+from agentstack.service import Completion
+from agentstack.tool_calling import (
+    Call,
+    arguments_messages,
+    parse_calls,
+    parse_selection,
+    selector_messages,
+    single_messages,
+)
+
+SELECTOR_ROLE = "selector"
+ARGUMENTS_ROLE = "arguments"
+SINGLE_ROLE = "single"
+SELECTOR_MAX_TOKENS = 48
+CALLS_MAX_TOKENS = 320
+
+
+class Completer(Protocol):
+    """Greedy completion of a chat by a role; `Service.complete` is the real one."""
+
+    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion: ...
+
+
+@dataclass(slots=True)
+class ToolCallOutcome:
+    calls: list[Call]
+    selected: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, role: str, completion: Completion) -> None:
+        self.prompt_tokens += completion.prompt_tokens
+        self.generated_tokens += completion.generated_tokens
+        self.steps.append((role, completion.text))
+
+    def openai_tool_calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(function=ToolCallFunction(name=c["name"], arguments=json.dumps(c["arguments"])))
+            for c in self.calls
+        ]
+
+
+async def select_and_fill(
+    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> ToolCallOutcome:
+    """Selector names the functions; one arguments pass per name runs concurrently."""
+    outcome = ToolCallOutcome(calls=[])
+    selection = await completer.complete(SELECTOR_ROLE, selector_messages(messages, tools), SELECTOR_MAX_TOKENS)
+    outcome.add(SELECTOR_ROLE, selection)
+    outcome.selected = parse_selection(selection.text, tools)
+    fills = await asyncio.gather(*(
+        completer.complete(ARGUMENTS_ROLE, arguments_messages(messages, tools, name), CALLS_MAX_TOKENS)
+        for name in outcome.selected
+    ))
+    for name, fill in zip(outcome.selected, fills):
+        outcome.add(ARGUMENTS_ROLE, fill)
+        outcome.calls += [c for c in parse_calls(fill.text, tools) if c["name"] == name]
+    return outcome
+
+
+async def single_pass(
+    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+) -> ToolCallOutcome:
+    completion = await completer.complete(SINGLE_ROLE, single_messages(messages, tools), CALLS_MAX_TOKENS)
+    outcome = ToolCallOutcome(calls=parse_calls(completion.text, tools))
+    outcome.add(SINGLE_ROLE, completion)
+    outcome.selected = list(dict.fromkeys(c["name"] for c in outcome.calls))
+    return outcome

@@ -1,0 +1,65 @@
+"""How the shipped tool roles are trained: one recipe per role, the selector first.
+
+The selector is the reference role: its `v_proj` lora_A is trained and then frozen into
+`arguments` and `single`, so all three keep the decomposed cache's shape (no `k_proj`,
+one shared `v_proj` A). Every role gets one pass over its examples at the same batch
+size and learning rate, so `single` and `selector + arguments` get equal training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentstack.bfcl.training_data import ToolRole, write_role_data
+from agentstack.training.lora import TrainResult, TrainSpec, train_lora
+
+REFERENCE_ROLE = ToolRole.SELECTOR
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRecipe:
+    epochs: float = 1.0
+    batch_size: int = 4
+    lr: float = 1.5e-3
+    rank: int = 16
+    alpha: int = 32
+    max_seq_len: int = 768
+    warmup_steps: int = 10
+    seed: int = 0
+
+
+RECIPES: dict[ToolRole, RoleRecipe] = {role: RoleRecipe() for role in ToolRole}
+
+
+def role_spec(
+    role: ToolRole, model_dir: Path, data: Path, out_dir: Path, shared_v_a_from: Path | None
+) -> TrainSpec:
+    recipe = RECIPES[role]
+    return TrainSpec(
+        base_model=model_dir,
+        examples=data,
+        out_dir=out_dir,
+        rank=recipe.rank,
+        alpha=recipe.alpha,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        max_seq_len=recipe.max_seq_len,
+        seed=recipe.seed,
+        checkpoint_every=25,
+        frozen_v_proj_a_from=shared_v_a_from,
+    )
+
+
+def build_tool_adapters(model_dir: Path, out_root: Path, data_dir: Path) -> list[TrainResult]:
+    """Write each role's data, train the reference role, then the others on its frozen A."""
+    order = [REFERENCE_ROLE, *(r for r in ToolRole if r is not REFERENCE_ROLE)]
+    results = []
+    for role in order:
+        data = data_dir / f"{role.value}.jsonl"
+        write_role_data(role, data)
+        shared = None if role is REFERENCE_ROLE else out_root / REFERENCE_ROLE.value
+        results.append(train_lora(role_spec(role, model_dir, data, out_root / role.value, shared)))
+    return results
