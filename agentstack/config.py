@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         "unset means <cache_dir>/adapters.",
     )
 
+    graphs_file: Path | None = Field(
+        default=None,
+        description="Registry of users' LangGraph graphs (the langgraph.json shape: "
+        '{"graphs": {id: "module:attribute"}}), served beside the built-in graphs.',
+    )
+
     redis_url: str | None = Field(
         default=None, description="Unset starts an embedded Redis server on loopback."
     )

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentstack.api import admin_routes, openai_routes
+from agentstack.api import admin_routes, langgraph_routes, openai_routes
 from agentstack.api.errors import error_body, install_error_handlers
 from agentstack.metrics import Metrics
 from agentstack.service import Service
@@ -114,6 +114,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(langgraph_routes.router)
     app.add_middleware(RequestGuard, max_body_bytes=service.settings.max_body_bytes,
                        metrics=service.metrics)
     return app

@@ -2,8 +2,10 @@
 
     APIError                      base: status + OpenAI `type`
      ├── InvalidRequest           400 BadRequestError (bad values, unusable input)
-     ├── NotFound                 404 NotFoundError (unknown role/model/adapter)
+     ├── NotFound                 404 NotFoundError (unknown role/model/adapter/assistant/thread/run)
+     ├── Conflict                 409 ConflictError (a thread busy with another run)
      ├── PayloadTooLarge          413 RequestEntityTooLarge
+     ├── UnprocessableEntity      422 UnprocessableEntityError (run input that does not fit the graph)
      └── ServiceUnavailable       503 ServiceUnavailableError (engine not ready / dead)
 
 Body: {"error": {"message", "type", "param", "code"}} with `code` the HTTP status.
@@ -44,6 +46,16 @@ class NotFound(APIError):
     type = "NotFoundError"
 
 
+class Conflict(APIError):
+    status = 409
+    type = "ConflictError"
+
+
+class UnprocessableEntity(APIError):
+    status = 422
+    type = "UnprocessableEntityError"
+
+
 class PayloadTooLarge(APIError):
     status = 413
     type = "RequestEntityTooLarge"
@@ -60,6 +72,7 @@ _STATUS_TYPES = {
     403: "PermissionDeniedError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    409: "ConflictError",
     413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
     422: "UnprocessableEntityError",

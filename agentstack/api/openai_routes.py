@@ -25,6 +25,7 @@ from agentstack.api.schemas import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    Tool,
     Usage,
     _SamplingFields,
 )
@@ -39,8 +40,8 @@ def service_of(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def resolve_role(request: Request, name: str) -> Role:
-    service = service_of(request)
+def role_for(service: Service, name: str) -> Role:
+    """The role a request's `model` names, as an API error when there is none."""
     if name == AUTO_MODEL:
         raise InvalidRequest(
             "model `auto` needs the learned gate, which is not enabled on this server; "
@@ -48,9 +49,13 @@ def resolve_role(request: Request, name: str) -> Role:
             param="model",
         )
     try:
-        role = service.resolve(name)
+        return service.resolve(name)
     except UnknownRole as e:
         raise NotFound(str(e), param="model") from e
+
+
+def resolve_role(request: Request, name: str) -> Role:
+    role = role_for(service_of(request), name)
     request.state.role = role.name
     return role
 
@@ -170,7 +175,50 @@ def _sse(payload: dict[str, Any] | str) -> str:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     service = service_of(request)
-    role = resolve_role(request, body.model)
+    plan = plan_chat(service, resolve_role(request, body.model), body)
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = chat_events(service, plan, body.model, include_usage=include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    final = await last_output_unless_disconnected(
+        request, service.stream(plan.role, plan.prompt_ids, plan.sampling, request_id=plan.request_id)
+    )
+    if final is None:
+        return client_gone()
+    completion = final.outputs[0]
+    reply = parse_reply(completion.text, tools=plan.tools, forced=plan.forced, think=plan.think)
+    finish = "tool_calls" if reply.tool_calls else completion.finish_reason
+    response = ChatCompletionResponse(
+        id=plan.request_id,
+        model=body.model,
+        choices=[
+            ChatChoice(
+                message=AssistantMessage(content=reply.content, reasoning=reply.reasoning, tool_calls=reply.tool_calls),
+                finish_reason=finish,
+            )
+        ],
+        usage=_usage(final),
+    )
+    return JSONResponse(response.model_dump(exclude_none=False))
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPlan:
+    """A validated chat request turned into engine input: shared by the HTTP route and
+    the in-process chat model of graph nodes, so both run exactly the same path."""
+
+    role: Role
+    prompt_ids: list[int]
+    sampling: Any
+    request_id: str
+    tools: list[Tool] | None
+    forced: bool
+    think: bool
+
+
+def plan_chat(service: Service, role: Role, body: ChatCompletionRequest) -> ChatPlan:
     assert service.engine is not None
     tools = body.tools if body.tool_choice != "none" else None
     if body.tool_choice not in (None, "none", "auto") and not body.tools:
@@ -184,52 +232,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
     sampling = prepare_sampling(
         service, role, body, prompt_ids, requested_max=body.token_limit, structured_schema=schema
     )
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    forced = schema is not None
-
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _chat_events(service, role, body.model, prompt_ids, sampling, request_id,
-                              tools=tools, forced=forced, think=think, include_usage=include_usage)
-        return StreamingResponse(events, media_type="text/event-stream")
-
-    final = await last_output_unless_disconnected(
-        request, service.stream(role, prompt_ids, sampling, request_id=request_id)
-    )
-    if final is None:
-        return client_gone()
-    completion = final.outputs[0]
-    reply = parse_reply(completion.text, tools=tools, forced=forced, think=think)
-    finish = "tool_calls" if reply.tool_calls else completion.finish_reason
-    response = ChatCompletionResponse(
-        id=request_id,
-        model=body.model,
-        choices=[
-            ChatChoice(
-                message=AssistantMessage(content=reply.content, reasoning=reply.reasoning, tool_calls=reply.tool_calls),
-                finish_reason=finish,
-            )
-        ],
-        usage=_usage(final),
-    )
-    return JSONResponse(response.model_dump(exclude_none=False))
+    return ChatPlan(role=role, prompt_ids=prompt_ids, sampling=sampling,
+                    request_id=f"chatcmpl-{uuid.uuid4().hex}", tools=tools,
+                    forced=schema is not None, think=think)
 
 
-async def _chat_events(
-    service: Service,
-    role: Role,
-    model: str,
-    prompt_ids: list[int],
-    sampling: Any,
-    request_id: str,
-    *,
-    tools: Any,
-    forced: bool,
-    think: bool,
-    include_usage: bool,
-) -> AsyncIterator[str]:
+async def chat_events(service: Service, plan: ChatPlan, model: str, *, include_usage: bool) -> AsyncIterator[str]:
     """SSE chunks as the OpenAI SDK expects. With tools, text that may be a tool call is
     held back until it is known, then sent as one `tool_calls` delta."""
+    role, prompt_ids, sampling, request_id = plan.role, plan.prompt_ids, plan.sampling, plan.request_id
+    tools, forced, think = plan.tools, plan.forced, plan.think
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

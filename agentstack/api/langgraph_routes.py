@@ -1,0 +1,332 @@
+"""LangGraph-Platform-compatible endpoints: assistants, threads, thread state, runs.
+
+`langgraph-sdk` (sync and async) and `RemoteGraph` work against these unmodified. The
+router brings its own lifespan, which starts the workflow manager once the service is
+up, and its own route class, which turns workflow errors into the API's error bodies
+(the SDK reads the message from them and picks its exception by status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+
+from agentstack.api.errors import Conflict, InvalidRequest, NotFound, UnprocessableEntity
+from agentstack.api.langgraph_schemas import (
+    AssistantSearch,
+    HistoryQuery,
+    RunCreate,
+    StateAtCheckpoint,
+    StateUpdate,
+    ThreadCreate,
+    ThreadPatch,
+    ThreadSearch,
+)
+from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
+from agentstack.workflows import (
+    InvalidRunInput,
+    RunHandle,
+    WorkflowConflict,
+    WorkflowManager,
+    WorkflowNotFound,
+    WorkflowRequestError,
+)
+from agentstack.workflows.serde import dumps
+
+
+class WorkflowRoute(APIRoute):
+    """Maps the workflow layer's errors onto API errors with their HTTP status."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except WorkflowNotFound as e:
+                raise NotFound(str(e), param=f"{e.kind}_id") from e
+            except InvalidRunInput as e:
+                raise UnprocessableEntity(str(e), param=e.field) from e
+            except WorkflowConflict as e:
+                raise Conflict(str(e)) from e
+            except WorkflowRequestError as e:
+                raise InvalidRequest(str(e)) from e
+
+        return route
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    manager = WorkflowManager(app.state.service)
+    await manager.start()
+    app.state.workflows = manager
+    try:
+        yield
+    finally:
+        await manager.stop()
+
+
+router = APIRouter(lifespan=lifespan, route_class=WorkflowRoute, tags=["langgraph"])
+
+
+def workflows_of(request: Request) -> WorkflowManager:
+    return request.app.state.workflows  # type: ignore[no-any-return]
+
+
+def json_response(payload: Any, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(payload), status_code=status_code, media_type="application/json", headers=headers)
+
+
+def run_path(handle: RunHandle) -> str:
+    record = handle.record
+    if handle.temporary_thread:
+        return f"/runs/{record.run_id}"
+    return f"/threads/{record.thread_id}/runs/{record.run_id}"
+
+
+# Health
+
+
+@router.get("/ok")
+async def ok() -> dict[str, bool]:
+    return {"ok": True}
+
+
+# Assistants
+
+
+@router.post("/assistants/search")
+async def search_assistants(body: AssistantSearch, request: Request) -> Response:
+    found = workflows_of(request).assistants(graph_id=body.graph_id, name=body.name, metadata=body.metadata)
+    return json_response(found[body.offset:body.offset + body.limit])
+
+
+@router.post("/assistants/count")
+async def count_assistants(body: AssistantSearch, request: Request) -> Response:
+    found = workflows_of(request).assistants(graph_id=body.graph_id, name=body.name, metadata=body.metadata)
+    return json_response(len(found))
+
+
+@router.get("/assistants/{assistant_id}")
+async def get_assistant(assistant_id: str, request: Request) -> Response:
+    return json_response(workflows_of(request).assistant(assistant_id).assistant())
+
+
+@router.get("/assistants/{assistant_id}/graph")
+async def get_assistant_graph(assistant_id: str, request: Request, xray: bool | int = False) -> Response:
+    graph = workflows_of(request).assistant(assistant_id).graph
+    return json_response(graph.get_graph(xray=xray).to_json())
+
+
+@router.get("/assistants/{assistant_id}/schemas")
+async def get_assistant_schemas(assistant_id: str, request: Request) -> Response:
+    return json_response(workflows_of(request).assistant(assistant_id).schemas())
+
+
+# Threads
+
+
+@router.post("/threads")
+async def create_thread(body: ThreadCreate, request: Request) -> Response:
+    record = await workflows_of(request).create_thread(
+        thread_id=body.thread_id, metadata=body.metadata, if_exists=body.if_exists)
+    return json_response(record.as_api())
+
+
+@router.post("/threads/search")
+async def search_threads(body: ThreadSearch, request: Request) -> Response:
+    records = await workflows_of(request).search_threads(
+        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids,
+        limit=body.limit, offset=body.offset, sort_by=body.sort_by, sort_order=body.sort_order)
+    return json_response([r.as_api() for r in records])
+
+
+@router.post("/threads/count")
+async def count_threads(body: ThreadSearch, request: Request) -> Response:
+    records = await workflows_of(request).search_threads(
+        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids, limit=1_000_000)
+    return json_response(len(records))
+
+
+@router.get("/threads/{thread_id}")
+async def get_thread(thread_id: str, request: Request) -> Response:
+    return json_response((await workflows_of(request).thread(thread_id)).as_api())
+
+
+@router.patch("/threads/{thread_id}")
+async def patch_thread(thread_id: str, body: ThreadPatch, request: Request) -> Response:
+    return json_response((await workflows_of(request).update_thread(thread_id, body.metadata)).as_api())
+
+
+@router.delete("/threads/{thread_id}", status_code=204)
+async def delete_thread(thread_id: str, request: Request) -> Response:
+    await workflows_of(request).delete_thread(thread_id)
+    return Response(status_code=204)
+
+
+@router.get("/threads/{thread_id}/state")
+async def get_state(thread_id: str, request: Request, subgraphs: bool = False) -> Response:
+    return json_response(await workflows_of(request).state(thread_id, subgraphs=subgraphs))
+
+
+@router.get("/threads/{thread_id}/state/{checkpoint_id}")
+async def get_state_at(thread_id: str, checkpoint_id: str, request: Request, subgraphs: bool = False) -> Response:
+    state = await workflows_of(request).state(
+        thread_id, checkpoint={"checkpoint_id": checkpoint_id}, subgraphs=subgraphs)
+    return json_response(state)
+
+
+@router.post("/threads/{thread_id}/state/checkpoint")
+async def post_state_at(thread_id: str, body: StateAtCheckpoint, request: Request) -> Response:
+    state = await workflows_of(request).state(
+        thread_id, checkpoint=body.checkpoint.model_dump(exclude_none=True), subgraphs=body.subgraphs)
+    return json_response(state)
+
+
+@router.post("/threads/{thread_id}/state")
+async def update_state(thread_id: str, body: StateUpdate, request: Request) -> Response:
+    result = await workflows_of(request).update_state(
+        thread_id, body.values, as_node=body.as_node, checkpoint=body.checkpoint_dict())
+    return json_response(result)
+
+
+@router.post("/threads/{thread_id}/history")
+async def post_history(thread_id: str, body: HistoryQuery, request: Request) -> Response:
+    states = await workflows_of(request).history(
+        thread_id, limit=body.limit,
+        before=body.before.model_dump(exclude_none=True) if body.before else None,
+        metadata=body.metadata,
+        checkpoint=body.checkpoint.model_dump(exclude_none=True) if body.checkpoint else None)
+    return json_response(states)
+
+
+@router.get("/threads/{thread_id}/history")
+async def get_history(thread_id: str, request: Request, limit: int = 10, before: str | None = None) -> Response:
+    states = await workflows_of(request).history(
+        thread_id, limit=max(1, min(limit, 1000)), before={"checkpoint_id": before} if before else None)
+    return json_response(states)
+
+
+# Runs
+
+
+def _sse(handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
+         modes: list[str] | None = None) -> StreamingResponse:
+    """The run's events as SSE; a client that goes away cancels the run if asked to."""
+    always = {"metadata", "error", "end"}
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for event in handle.log.follow(after):
+                mode = event.name.split("|")[0].split("/")[0]
+                if modes is None or event.name in always or mode in modes or (
+                        mode == "messages" and "messages-tuple" in modes):
+                    yield event.sse()
+        finally:
+            if cancel_on_disconnect and not handle.done.is_set() and handle.task is not None:
+                handle.task.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Content-Location": run_path(handle), "Cache-Control": "no-store"})
+
+
+async def _outcome_unless_disconnected(request: Request, handle: RunHandle, *, cancel: bool) -> Response:
+    async def finished() -> AsyncIterator[tuple[Any]]:
+        await handle.done.wait()
+        yield (handle.outcome(),)
+
+    result = await last_output_unless_disconnected(request, finished())
+    if result is None:
+        if cancel and handle.task is not None and not handle.done.is_set():
+            handle.task.cancel()
+        return client_gone()
+    return json_response(result[0], headers={"Content-Location": run_path(handle)})
+
+
+async def _start(request: Request, thread_id: str | None, body: RunCreate) -> RunHandle:
+    return await workflows_of(request).create_run(thread_id, body.spec())
+
+
+@router.post("/threads/{thread_id}/runs")
+async def create_run(thread_id: str, body: RunCreate, request: Request) -> Response:
+    handle = await _start(request, thread_id, body)
+    return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
+
+
+@router.post("/runs")
+async def create_stateless_run(body: RunCreate, request: Request) -> Response:
+    handle = await _start(request, None, body)
+    return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
+
+
+@router.post("/threads/{thread_id}/runs/stream", response_model=None)
+async def stream_run(thread_id: str, body: RunCreate, request: Request) -> StreamingResponse:
+    handle = await _start(request, thread_id, body)
+    return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
+
+
+@router.post("/runs/stream", response_model=None)
+async def stream_stateless_run(body: RunCreate, request: Request) -> StreamingResponse:
+    handle = await _start(request, None, body)
+    return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
+
+
+@router.post("/threads/{thread_id}/runs/wait")
+async def wait_run(thread_id: str, body: RunCreate, request: Request) -> Response:
+    handle = await _start(request, thread_id, body)
+    return await _outcome_unless_disconnected(request, handle, cancel=body.on_disconnect == "cancel")
+
+
+@router.post("/runs/wait")
+async def wait_stateless_run(body: RunCreate, request: Request) -> Response:
+    handle = await _start(request, None, body)
+    return await _outcome_unless_disconnected(request, handle, cancel=body.on_disconnect == "cancel")
+
+
+@router.get("/threads/{thread_id}/runs")
+async def list_runs(thread_id: str, request: Request, limit: int = 10, offset: int = 0,
+                    status: str | None = None) -> Response:
+    records = await workflows_of(request).runs(thread_id, limit=max(1, min(limit, 1000)),
+                                               offset=max(0, offset), status=status)
+    return json_response([r.as_api() for r in records])
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}")
+async def get_run(thread_id: str, run_id: str, request: Request) -> Response:
+    return json_response((await workflows_of(request).run_handle(thread_id, run_id)).record.as_api())
+
+
+@router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
+async def delete_run(thread_id: str, run_id: str, request: Request) -> Response:
+    await workflows_of(request).delete_run(thread_id, run_id)
+    return Response(status_code=204)
+
+
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel")
+async def cancel_run(thread_id: str, run_id: str, request: Request, wait: bool = False,
+                     action: Literal["interrupt", "rollback"] = "interrupt") -> Response:
+    await workflows_of(request).cancel(thread_id, run_id, wait=wait, action=action)
+    return Response(status_code=204 if wait else 202)
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/join")
+async def join_run(thread_id: str, run_id: str, request: Request) -> Response:
+    handle = await workflows_of(request).run_handle(thread_id, run_id)
+    return await _outcome_unless_disconnected(request, handle, cancel=False)
+
+
+@router.get("/threads/{thread_id}/runs/{run_id}/stream", response_model=None)
+async def join_run_stream(
+    thread_id: str, run_id: str, request: Request, cancel_on_disconnect: bool = False,
+    stream_mode: Annotated[list[str] | None, Query()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    handle = await workflows_of(request).run_handle(thread_id, run_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+    modes = [m for m in stream_mode or [] if m] or None
+    return _sse(handle, after=after, cancel_on_disconnect=cancel_on_disconnect, modes=modes)

@@ -1,0 +1,364 @@
+"""Roles as LangChain chat models, so LangGraph nodes call them like any chat model.
+
+`RoleChatModel(role="planner")` talks to one role (or `auto`, the gate) either on the
+engine of the process it runs in — the server binds its service with `bind_service`,
+so graph nodes run on the shared backbone without HTTP — or, with `base_url`, on a
+remote agentstack server through its OpenAI-compatible endpoint. Both paths stream
+the same OpenAI chat-completion chunks (the in-process one runs the very code of the
+HTTP route), and one converter turns them into `AIMessageChunk`s: content, tool-call
+chunks, reasoning and token usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from agentstack.service import Service
+
+__all__ = ["ChatModelError", "RoleChatModel", "bind_service", "bound_service"]
+
+Chunk = dict[str, Any]
+
+
+class ChatModelError(RuntimeError):
+    """A role could not answer: the server refused the request or generation failed."""
+
+
+class ChunkSource(Protocol):
+    """Where a chat request goes: yields OpenAI `chat.completion.chunk` dicts."""
+
+    def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]: ...
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]: ...
+
+
+def _chunk_from_sse(line: str) -> Chunk | None:
+    """One SSE line of the chat-completions stream as a chunk; None for anything else."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if not data or data == "[DONE]":
+        return None
+    chunk: Chunk = json.loads(data)
+    if "error" in chunk:
+        raise ChatModelError(str(chunk["error"].get("message", chunk["error"])))
+    return chunk
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        return f"{response.status_code}: {error.get('message', response.text)}"
+    except ValueError:
+        return f"{response.status_code}: {response.text[:500]}"
+
+
+@dataclass
+class LocalSource:
+    """The in-process engine, through the same planning and streaming code as the HTTP route."""
+
+    service: Service
+    loop: asyncio.AbstractEventLoop
+
+    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
+        from agentstack.api.openai_routes import chat_events, plan_chat, role_for
+        from agentstack.api.schemas import ChatCompletionRequest
+
+        body = ChatCompletionRequest.model_validate(payload)
+        plan = plan_chat(self.service, role_for(self.service, body.model), body)
+        async for line in chat_events(self.service, plan, body.model, include_usage=True):
+            chunk = _chunk_from_sse(line)
+            if chunk is not None:
+                yield chunk
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]:
+        """Sync callers (sync graph nodes run in worker threads) borrow the service's loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            raise ChatModelError("sync invoke() inside the server's event loop would block it; use ainvoke()")
+        items: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for chunk in self.astream(payload):
+                    items.put(("chunk", chunk))
+                items.put(("end", None))
+            except BaseException as e:  # handed to the consuming thread, which re-raises it
+                items.put(("error", e))
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
+        try:
+            while True:
+                kind, item = items.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+
+@dataclass
+class RemoteSource:
+    """A remote agentstack server's `/v1/chat/completions`, streamed."""
+
+    base_url: str
+    api_key: str | None = None
+    timeout_s: float = 600.0
+    _headers: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/v1/chat/completions"
+
+    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            async with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise ChatModelError(_error_message(response))
+                async for line in response.aiter_lines():
+                    chunk = _chunk_from_sse(line)
+                    if chunk is not None:
+                        yield chunk
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]:
+        with httpx.Client(timeout=self.timeout_s) as client:
+            with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ChatModelError(_error_message(response))
+                for line in response.iter_lines():
+                    chunk = _chunk_from_sse(line)
+                    if chunk is not None:
+                        yield chunk
+
+
+_bound: LocalSource | None = None
+_bound_lock = threading.Lock()
+
+
+def bind_service(service: Service | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Make `service` the engine that `RoleChatModel`s without `base_url` use (None unbinds).
+
+    The server binds its service once at start; `loop` is the loop the service runs on.
+    """
+    global _bound
+    with _bound_lock:
+        if service is None:
+            _bound = None
+        else:
+            _bound = LocalSource(service, loop or asyncio.get_running_loop())
+
+
+def bound_service() -> Service | None:
+    return _bound.service if _bound is not None else None
+
+
+@dataclass(slots=True)
+class _ChunkConverter:
+    """OpenAI chunks to `ChatGenerationChunk`s; finish reason and usage go on one last chunk."""
+
+    role: str
+    response_id: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+
+    def convert(self, chunk: Chunk) -> ChatGenerationChunk | None:
+        self.response_id = self.response_id or chunk.get("id")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        if not chunk.get("choices"):
+            return None
+        choice = chunk["choices"][0]
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        delta = choice.get("delta") or {}
+        content = delta.get("content") or ""
+        calls = [
+            tool_call_chunk(name=c.get("function", {}).get("name"), args=c.get("function", {}).get("arguments"),
+                            id=c.get("id"), index=c.get("index"))
+            for c in delta.get("tool_calls") or []
+        ]
+        extra = {"reasoning_content": delta["reasoning"]} if delta.get("reasoning") else {}
+        if not (content or calls or extra):
+            return None
+        message = AIMessageChunk(content=content, tool_call_chunks=calls, additional_kwargs=extra,
+                                 id=self.response_id)
+        return ChatGenerationChunk(message=message, text=content)
+
+    def last(self) -> ChatGenerationChunk:
+        usage = None
+        if self.usage is not None:
+            usage = {
+                "input_tokens": self.usage["prompt_tokens"],
+                "output_tokens": self.usage["completion_tokens"],
+                "total_tokens": self.usage["total_tokens"],
+                "input_token_details": {
+                    "cache_read": (self.usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                },
+            }
+        message = AIMessageChunk(
+            content="",
+            id=self.response_id,
+            usage_metadata=usage,  # type: ignore[arg-type]
+            response_metadata={"finish_reason": self.finish_reason, "model_name": self.role,
+                               "model_provider": "agentstack"},
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message, text="")
+
+
+class RoleChatModel(BaseChatModel):
+    """One agentstack role as a LangChain chat model (streaming, tool binding).
+
+    Args:
+        role: role name from the roles file, the base model's name, or `auto` (the gate).
+        base_url: a remote agentstack server; unset uses the engine bound in this process.
+        api_key: sent as a bearer token to a remote server.
+        temperature, max_tokens, stop: override the role's sampling defaults.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    role: str = "assistant"
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    timeout_s: float = 600.0
+    _remote: RemoteSource | None = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "agentstack"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"role": self.role, "base_url": self.base_url}
+
+    def _source(self) -> ChunkSource:
+        if self.base_url is not None:
+            if self._remote is None:
+                self._remote = RemoteSource(self.base_url, self.api_key, self.timeout_s)
+            return self._remote
+        if _bound is None:
+            raise ChatModelError(
+                "no agentstack engine in this process: run the graph on an agentstack server, "
+                "or pass base_url to RoleChatModel"
+            )
+        return _bound
+
+    def _payload(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.role,
+            "messages": convert_to_openai_messages(messages),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": stop or self.stop,
+            **kwargs,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        return {k: v for k, v in payload.items() if v is not None}
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        converter = _ChunkConverter(self.role)
+        for chunk in self._source().stream(self._payload(messages, stop, kwargs)):
+            generation = converter.convert(chunk)
+            if generation is not None:
+                if run_manager:
+                    run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
+        yield converter.last()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        converter = _ChunkConverter(self.role)
+        async for chunk in self._source().astream(self._payload(messages, stop, kwargs)):
+            generation = converter.convert(chunk)
+            if generation is not None:
+                if run_manager:
+                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
+        yield converter.last()
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind OpenAI-format tools; `tool_choice` takes "auto", "none", "required"/"any",
+        True (= required) or a tool name."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        choice: str | dict[str, Any] | None
+        if tool_choice is True or tool_choice == "any":
+            choice = "required"
+        elif tool_choice in (None, False):
+            choice = None
+        elif tool_choice in ("auto", "none", "required"):
+            choice = str(tool_choice)
+        else:
+            choice = {"type": "function", "function": {"name": tool_choice}}
+        if choice is not None:
+            kwargs["tool_choice"] = choice
+        return super().bind(tools=formatted, **kwargs)
+

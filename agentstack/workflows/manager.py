@@ -1,0 +1,475 @@
+"""Threads, their state, and runs of the registered graphs on the shared backbone.
+
+The manager owns the Redis checkpointer, the graph registry, the thread/run records
+and the runs in flight. Each run is one asyncio task streaming the graph into an
+`EventLog`; HTTP handlers create runs and read their logs, so a stream, a `wait`, a
+`join` and a background run are the same run seen differently. Graph nodes reach
+the engine through `RoleChatModel`, bound here to the service in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.types import Command, Send, StateSnapshot
+
+from agentstack.chat_model import bind_service
+from agentstack.service import Service
+from agentstack.workflows.errors import (
+    ThreadBusy,
+    WorkflowConflict,
+    WorkflowNotFound,
+    WorkflowRequestError,
+)
+from agentstack.workflows.events import EventLog, langgraph_modes, stream_parts
+from agentstack.workflows.registry import GraphEntry, GraphRegistry
+from agentstack.workflows.serde import to_jsonable
+from agentstack.workflows.store import FINISHED, RunRecord, ThreadRecord, WorkflowStore
+
+logger = logging.getLogger(__name__)
+
+MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+FINISHED_RUNS_KEPT = 256
+
+
+@dataclass(slots=True)
+class RunSpec:
+    """What a run-create request asks for (the API validates the wire shape)."""
+
+    assistant_id: str
+    input: Any = None
+    command: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    stream_mode: list[str] = field(default_factory=lambda: ["values"])
+    stream_subgraphs: bool = False
+    interrupt_before: list[str] | Literal["*"] | None = None
+    interrupt_after: list[str] | Literal["*"] | None = None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+    multitask_strategy: MultitaskStrategy = "reject"
+    if_not_exists: Literal["create", "reject"] = "reject"
+    on_completion: Literal["delete", "keep"] | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
+
+
+@dataclass(eq=False)
+class RunHandle:
+    """A run this process started: its record, its event log, and its outcome."""
+
+    record: RunRecord
+    log: EventLog = field(default_factory=EventLog)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    result: Any = None
+    temporary_thread: bool = False
+
+    def outcome(self) -> Any:
+        """What `wait` and `join` return: final values, or `__error__` for a failed run."""
+        if self.record.status == "error":
+            return {"__error__": self.record.error}
+        return self.result
+
+
+def _checkpoint_json(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not config:
+        return None
+    conf = config.get("configurable", {})
+    return {
+        "thread_id": conf.get("thread_id"),
+        "checkpoint_ns": conf.get("checkpoint_ns", ""),
+        "checkpoint_id": conf.get("checkpoint_id"),
+        "checkpoint_map": conf.get("checkpoint_map"),
+    }
+
+
+def state_json(snapshot: StateSnapshot) -> dict[str, Any]:
+    """A `StateSnapshot` as the LangGraph API's ThreadState."""
+    tasks = []
+    for task in snapshot.tasks:
+        nested = task.state
+        tasks.append({
+            "id": task.id,
+            "name": task.name,
+            "error": str(task.error) if task.error else None,
+            "interrupts": to_jsonable(list(task.interrupts)),
+            "checkpoint": _checkpoint_json(nested) if isinstance(nested, dict) else None,
+            "state": state_json(nested) if isinstance(nested, StateSnapshot) else None,
+            "result": to_jsonable(task.result),
+        })
+    return {
+        "values": to_jsonable(snapshot.values),
+        "next": list(snapshot.next),
+        "checkpoint": _checkpoint_json(dict(snapshot.config)),
+        "metadata": to_jsonable(snapshot.metadata or {}),
+        "created_at": snapshot.created_at,
+        "parent_checkpoint": _checkpoint_json(dict(snapshot.parent_config or {})),
+        "tasks": tasks,
+        "interrupts": to_jsonable(list(snapshot.interrupts)),
+    }
+
+
+def _empty_state(thread_id: str) -> dict[str, Any]:
+    return {"values": {}, "next": [], "metadata": {}, "created_at": None, "parent_checkpoint": None,
+            "tasks": [], "interrupts": [],
+            "checkpoint": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": None,
+                           "checkpoint_map": None}}
+
+
+def _thread_config(thread_id: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+    for key in ("checkpoint_ns", "checkpoint_id", "checkpoint_map"):
+        if checkpoint and checkpoint.get(key) is not None:
+            configurable[key] = checkpoint[key]
+    return {"configurable": configurable}
+
+
+def _graph_input(spec: RunSpec) -> Any:
+    if spec.command is None:
+        return spec.input
+    goto = spec.command.get("goto") or ()
+    if isinstance(goto, (str, dict)):
+        goto = [goto]
+    sends = [Send(g["node"], g.get("input")) if isinstance(g, dict) else g for g in goto]
+    return Command(update=spec.command.get("update"), resume=spec.command.get("resume"), goto=sends)
+
+
+class WorkflowManager:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.registry = GraphRegistry()
+        self._saver: AsyncRedisSaver | None = None
+        self._store: WorkflowStore | None = None
+        self._runs: OrderedDict[str, RunHandle] = OrderedDict()
+        self._tails: dict[str, RunHandle] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def store(self) -> WorkflowStore:
+        if self._store is None:
+            raise RuntimeError("WorkflowManager used before start()")
+        return self._store
+
+    async def start(self) -> None:
+        """Set up the checkpointer, load the graphs, settle runs a previous process left."""
+        service = self.service
+        if service.redis is None:
+            raise RuntimeError("start the service before the workflow manager")
+        self._saver = AsyncRedisSaver(redis_client=service.redis)
+        await self._saver.asetup()
+        self.registry = GraphRegistry.load(self._saver, service.settings.graphs_file)
+        self._store = WorkflowStore(service.redis, prefix=service.settings.redis_prefix)
+        settled = await self._store.settle_orphans()
+        if settled:
+            logger.warning("%d run(s) were in progress when the server last stopped; marked as errors", settled)
+        bind_service(service, asyncio.get_running_loop())
+
+    async def stop(self) -> None:
+        active = [h for h in self._runs.values() if not h.done.is_set()]
+        for handle in active:
+            assert handle.task is not None
+            handle.task.cancel()
+        if active:
+            await asyncio.wait([asyncio.ensure_future(h.done.wait()) for h in active], timeout=30)
+        bind_service(None)
+
+    # Assistants
+
+    def assistants(self, *, graph_id: str | None = None, name: str | None = None,
+                   metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        found = []
+        for entry in self.registry.entries.values():
+            assistant = entry.assistant()
+            if graph_id is not None and entry.graph_id != graph_id:
+                continue
+            if name is not None and name not in assistant["name"]:
+                continue
+            if metadata and any(assistant["metadata"].get(k) != v for k, v in metadata.items()):
+                continue
+            found.append(assistant)
+        return found
+
+    def assistant(self, assistant_id: str) -> GraphEntry:
+        return self.registry.get(assistant_id)
+
+    # Threads
+
+    async def create_thread(self, *, thread_id: str | None = None, metadata: dict[str, Any] | None = None,
+                            if_exists: Literal["raise", "do_nothing"] = "raise") -> ThreadRecord:
+        thread_id = thread_id or str(uuid.uuid4())
+        existing = await self.store.get_thread(thread_id)
+        if existing is not None:
+            if if_exists == "do_nothing":
+                return existing
+            raise WorkflowConflict(f"thread {thread_id!r} already exists")
+        record = ThreadRecord(thread_id=thread_id, metadata=dict(metadata or {}))
+        await self.store.put_thread(record, created=True)
+        return record
+
+    async def thread(self, thread_id: str) -> ThreadRecord:
+        record = await self.store.get_thread(thread_id)
+        if record is None:
+            raise WorkflowNotFound("thread", thread_id)
+        return record
+
+    async def update_thread(self, thread_id: str, metadata: dict[str, Any]) -> ThreadRecord:
+        record = await self.thread(thread_id)
+        record.metadata.update(metadata)
+        await self.store.put_thread(record)
+        return record
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.thread(thread_id)
+        for handle in [h for h in self._runs.values() if h.record.thread_id == thread_id and not h.done.is_set()]:
+            assert handle.task is not None
+            handle.task.cancel()
+            await handle.done.wait()
+        await self.store.delete_thread(thread_id)
+        assert self._saver is not None
+        await self._saver.adelete_thread(thread_id)
+
+    async def search_threads(
+        self, *, metadata: dict[str, Any] | None = None, values: dict[str, Any] | None = None,
+        status: str | None = None, ids: list[str] | None = None, limit: int = 10, offset: int = 0,
+        sort_by: str = "updated_at", sort_order: str = "desc",
+    ) -> list[ThreadRecord]:
+        records = [
+            r for r in await self.store.threads()
+            if (status is None or r.status == status)
+            and (ids is None or r.thread_id in ids)
+            and all(r.metadata.get(k) == v for k, v in (metadata or {}).items())
+            and all(isinstance(r.values, dict) and r.values.get(k) == v for k, v in (values or {}).items())
+        ]
+        records.sort(key=lambda r: str(getattr(r, sort_by, r.updated_at)), reverse=sort_order == "desc")
+        return records[offset:offset + limit]
+
+    def _entry_of(self, thread: ThreadRecord) -> GraphEntry | None:
+        if thread.graph_id is None:
+            return None
+        try:
+            return self.registry.get(thread.graph_id)
+        except WorkflowNotFound as e:
+            raise WorkflowRequestError(f"thread {thread.thread_id!r} belongs to graph {thread.graph_id!r}, "
+                                       "which this server does not serve") from e
+
+    async def state(self, thread_id: str, *, checkpoint: dict[str, Any] | None = None,
+                    subgraphs: bool = False) -> dict[str, Any]:
+        thread = await self.thread(thread_id)
+        entry = self._entry_of(thread)
+        if entry is None:
+            return _empty_state(thread_id)
+        snapshot = await entry.graph.aget_state(_thread_config(thread_id, checkpoint), subgraphs=subgraphs)
+        if snapshot.created_at is None:
+            return _empty_state(thread_id)
+        return state_json(snapshot)
+
+    async def history(self, thread_id: str, *, limit: int = 10, before: dict[str, Any] | None = None,
+                      metadata: dict[str, Any] | None = None,
+                      checkpoint: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        thread = await self.thread(thread_id)
+        entry = self._entry_of(thread)
+        if entry is None:
+            return []
+        before_config = _thread_config(thread_id, before) if before else None
+        return [
+            state_json(s) async for s in entry.graph.aget_state_history(
+                _thread_config(thread_id, checkpoint), filter=metadata, before=before_config, limit=limit)
+        ]
+
+    async def update_state(self, thread_id: str, values: Any, *, as_node: str | None = None,
+                           checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        thread = await self.thread(thread_id)
+        entry = self._entry_of(thread)
+        if entry is None:
+            raise WorkflowRequestError(
+                f"thread {thread_id!r} has no graph yet: create it with a graph_id or run it first")
+        tail = self._tails.get(thread_id)
+        if tail is not None and not tail.done.is_set():
+            raise ThreadBusy(thread_id)
+        try:
+            config = await entry.graph.aupdate_state(_thread_config(thread_id, checkpoint), values, as_node=as_node)
+        except (ValueError, KeyError, TypeError) as e:
+            raise WorkflowRequestError(f"cannot update the state: {e}") from e
+        await self._refresh_thread(thread, entry, status=None)
+        return {"checkpoint": _checkpoint_json(dict(config))}
+
+    async def _refresh_thread(self, thread: ThreadRecord, entry: GraphEntry, *, status: str | None) -> StateSnapshot:
+        """Copy the latest values and interrupts onto the thread record; `status` of the
+        run that just ended decides between error, interrupted and idle."""
+        snapshot = await entry.graph.aget_state(_thread_config(thread.thread_id))
+        thread.values = to_jsonable(snapshot.values)
+        thread.interrupts = {t.id: to_jsonable(list(t.interrupts)) for t in snapshot.tasks if t.interrupts}
+        thread.status = "error" if status == "error" else "interrupted" if snapshot.interrupts else "idle"
+        await self.store.put_thread(thread)
+        return snapshot
+
+    # Runs
+
+    async def create_run(self, thread_id: str | None, spec: RunSpec) -> RunHandle:
+        """Validate, record and start a run; `thread_id=None` runs on a temporary thread."""
+        entry = self.registry.get(spec.assistant_id)
+        if spec.command is None:
+            entry.validator.validate(spec.input)
+        unknown = set(spec.stream_mode) - {"values", "updates", "messages", "messages-tuple", "custom",
+                                           "events", "debug", "tasks", "checkpoints"}
+        if unknown:
+            raise WorkflowRequestError(f"unknown stream_mode {sorted(unknown)}")
+        temporary = thread_id is None
+        async with self._lock:
+            thread = await self._thread_for_run(thread_id, spec)
+            previous = self._tails.get(thread.thread_id)
+            if previous is not None and previous.done.is_set():
+                previous = None
+            if previous is not None:
+                if spec.multitask_strategy == "reject":
+                    raise ThreadBusy(thread.thread_id)
+                if spec.multitask_strategy in ("interrupt", "rollback"):
+                    assert previous.task is not None
+                    previous.task.cancel()
+                    await previous.done.wait()
+                    if spec.multitask_strategy == "rollback":
+                        await self.store.delete_run(previous.record)
+                    previous = None
+            record = RunRecord(run_id=str(uuid.uuid4()), thread_id=thread.thread_id,
+                               assistant_id=entry.assistant_id, metadata=dict(spec.metadata or {}),
+                               multitask_strategy=spec.multitask_strategy)
+            handle = RunHandle(record=record, temporary_thread=temporary)
+            self._tails[thread.thread_id] = handle
+            self._remember(handle)
+            thread.status = "busy"
+            thread.metadata.update(graph_id=entry.graph_id, assistant_id=entry.assistant_id)
+            await self.store.put_thread(thread, created=temporary)
+            await self.store.put_run(record, created=True)
+        handle.task = asyncio.create_task(self._execute(handle, entry, spec, after=previous),
+                                          name=f"run-{record.run_id}")
+        return handle
+
+    async def _thread_for_run(self, thread_id: str | None, spec: RunSpec) -> ThreadRecord:
+        if thread_id is None:
+            return ThreadRecord(thread_id=str(uuid.uuid4()))
+        thread = await self.store.get_thread(thread_id)
+        if thread is not None:
+            return thread
+        if spec.if_not_exists == "create":
+            return await self.create_thread(thread_id=thread_id)
+        raise WorkflowNotFound("thread", thread_id)
+
+    def _remember(self, handle: RunHandle) -> None:
+        self._runs[handle.record.run_id] = handle
+        finished = [rid for rid, h in self._runs.items() if h.done.is_set()]
+        for run_id in finished[: max(0, len(finished) - FINISHED_RUNS_KEPT)]:
+            del self._runs[run_id]
+
+    def _run_config(self, entry: GraphEntry, spec: RunSpec, record: RunRecord) -> dict[str, Any]:
+        user = spec.config or {}
+        checkpoint = dict(spec.checkpoint or {})
+        if spec.checkpoint_id:
+            checkpoint["checkpoint_id"] = spec.checkpoint_id
+        config: dict[str, Any] = {k: user[k] for k in ("tags", "recursion_limit", "max_concurrency") if k in user}
+        ids = {"run_id": record.run_id, "thread_id": record.thread_id, "graph_id": entry.graph_id,
+               "assistant_id": entry.assistant_id}
+        config["configurable"] = {**(user.get("configurable") or {}),
+                                  **_thread_config(record.thread_id, checkpoint)["configurable"], **ids}
+        config["metadata"] = {**(user.get("metadata") or {}), **(spec.metadata or {}), **ids}
+        return config
+
+    async def _execute(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec, *, after: RunHandle | None) -> None:
+        record, log = handle.record, handle.log
+        try:
+            if after is not None:
+                await after.done.wait()
+            record.status = "running"
+            await self.store.put_run(record)
+            log.emit("metadata", {"run_id": record.run_id, "attempt": 1})
+            kwargs: dict[str, Any] = {
+                "stream_mode": langgraph_modes(spec.stream_mode), "subgraphs": spec.stream_subgraphs,
+                "interrupt_before": spec.interrupt_before, "interrupt_after": spec.interrupt_after,
+                "durability": spec.durability,
+            }
+            if spec.context is not None:
+                kwargs["context"] = spec.context
+            async for name, data in stream_parts(entry.graph, _graph_input(spec), self._run_config(entry, spec, record),
+                                                 spec.stream_mode, **kwargs):
+                log.emit(name, data)
+            record.status = "success"
+        except asyncio.CancelledError:
+            record.status = "interrupted"
+        except Exception as e:  # a failing node ends its run, never the server
+            logger.warning("run %s of graph %s failed: %s: %s", record.run_id, entry.graph_id, type(e).__name__, e)
+            record.status = "error"
+            record.error = {"error": type(e).__name__, "message": str(e)}
+            log.emit("error", record.error)
+        finally:
+            await self._finish(handle, entry, spec)
+
+    async def _finish(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec) -> None:
+        record = handle.record
+        try:
+            thread = await self.store.get_thread(record.thread_id)
+            if thread is not None:
+                snapshot = await self._refresh_thread(thread, entry, status=record.status)
+                values = to_jsonable(snapshot.values)
+                if snapshot.interrupts and isinstance(values, dict):
+                    values["__interrupt__"] = to_jsonable(list(snapshot.interrupts))
+                    if record.status == "success":
+                        record.status = "interrupted"
+                handle.result = values
+            await self.store.put_run(record)
+            if handle.temporary_thread and spec.on_completion != "keep":
+                await self.store.delete_thread(record.thread_id)
+                assert self._saver is not None
+                await self._saver.adelete_thread(record.thread_id)
+        except Exception:
+            logger.exception("could not record the end of run %s", record.run_id)
+        finally:
+            handle.log.emit("end", {"run_id": record.run_id, "status": record.status})
+            handle.log.close()
+            handle.done.set()
+            if self._tails.get(record.thread_id) is handle:
+                del self._tails[record.thread_id]
+
+    async def run_handle(self, thread_id: str, run_id: str) -> RunHandle:
+        """The run, live or finished; a run this process did not start gets a closed log."""
+        handle = self._runs.get(run_id)
+        if handle is not None and handle.record.thread_id == thread_id:
+            return handle
+        record = await self.store.get_run(run_id)
+        if record is None or record.thread_id != thread_id:
+            raise WorkflowNotFound("run", run_id)
+        handle = RunHandle(record=record)
+        thread = await self.store.get_thread(thread_id)
+        handle.result = thread.values if thread is not None else None
+        handle.log.emit("end", {"run_id": record.run_id, "status": record.status})
+        handle.log.close()
+        handle.done.set()
+        return handle
+
+    async def runs(self, thread_id: str, *, limit: int = 10, offset: int = 0,
+                   status: str | None = None) -> list[RunRecord]:
+        await self.thread(thread_id)
+        records = [r for r in await self.store.thread_runs(thread_id) if status is None or r.status == status]
+        return records[offset:offset + limit]
+
+    async def cancel(self, thread_id: str, run_id: str, *, wait: bool,
+                     action: Literal["interrupt", "rollback"]) -> None:
+        handle = await self.run_handle(thread_id, run_id)
+        if not handle.done.is_set() and handle.task is not None:
+            handle.task.cancel()
+            if wait or action == "rollback":
+                await handle.done.wait()
+        if action == "rollback":
+            await self.store.delete_run(handle.record)
+
+    async def delete_run(self, thread_id: str, run_id: str) -> None:
+        handle = await self.run_handle(thread_id, run_id)
+        if handle.record.status not in FINISHED:
+            raise WorkflowConflict(f"run {run_id!r} is still {handle.record.status}; cancel it first")
+        await self.store.delete_run(handle.record)
+        self._runs.pop(run_id, None)
