@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -108,6 +109,46 @@ class CacheCollector(Collector):
             faults.add_metric([name], view.stats.faults)
             held.add_metric([name], view.bytes_held())
         yield from (hits, misses, reuses, evictions, faults, held)
+
+
+_SEP = "|"
+
+
+def stats_payload(stats: CacheStats, tiers: Mapping[str, TierView]) -> dict[str, Any]:
+    """Cumulative counters as plain JSON-able dicts, to cross a process boundary."""
+    return {
+        "hit_tokens": {f"{t}{_SEP}{m}": n for (t, m), n in stats.hit_tokens.items()},
+        "miss_tokens": dict(stats.miss_tokens),
+        "cross_role_reuses": dict(stats.cross_role_reuses),
+        "evictions": {name: view.stats.evictions for name, view in tiers.items()},
+        "faults": {name: view.stats.faults for name, view in tiers.items()},
+        "bytes": {name: view.bytes_held() for name, view in tiers.items()},
+    }
+
+
+@dataclass(slots=True)
+class MirroredCache:
+    """Another process's cache counters, replaced by each payload it sends (API side)."""
+
+    stats: CacheStats = field(default_factory=CacheStats)
+    tiers: dict[str, TierView] = field(default_factory=dict)
+    _bytes: dict[str, int] = field(default_factory=dict)
+
+    def update(self, payload: Mapping[str, Any]) -> None:
+        self.stats.hit_tokens = Counter(
+            {tuple(k.split(_SEP, 1)): int(n) for k, n in payload.get("hit_tokens", {}).items()}
+        )
+        self.stats.miss_tokens = Counter({k: int(n) for k, n in payload.get("miss_tokens", {}).items()})
+        self.stats.cross_role_reuses = Counter(
+            {k: int(n) for k, n in payload.get("cross_role_reuses", {}).items()}
+        )
+        for name, held in payload.get("bytes", {}).items():
+            self._bytes[name] = int(held)
+            if name not in self.tiers:
+                self.tiers[name] = TierView(TierStats(), lambda name=name: self._bytes[name])
+            view = self.tiers[name]
+            view.stats.evictions = int(payload.get("evictions", {}).get(name, 0))
+            view.stats.faults = int(payload.get("faults", {}).get(name, 0))
 
 
 def register_cache_metrics(

@@ -101,23 +101,26 @@ class KVCacheStore:
     def tier_views(self) -> dict[str, TierView]:
         return {tier.name: TierView(tier.stats, tier.bytes_held) for tier in self.tiers}
 
-    def _hashes(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> list[BlockHash]:
-        keyed = (adapter or BASE_WRITER) if self.mode.keyed_by_adapter else None
-        return self.hasher.block_hashes(token_ids, salt=salt, adapter=keyed)
-
     ##### Public API #####
 
-    def lookup(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> MatchResult:
-        """The longest cached prefix of ``token_ids`` in full blocks. No side effects.
+    def block_hashes(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> list[BlockHash]:
+        """Chained hashes of the full blocks of ``token_ids`` (see ``cache.index``).
 
         Args:
             token_ids: the prompt.
             salt: the tenant salt; blocks saved under another salt never match.
-            adapter: the reading role's adapter (None: base model). Only non-shared mode
-                keys by it.
+            adapter: the role's adapter (None: base model). Only non-shared mode keys by it.
         """
-        hashes = self._hashes(token_ids, salt=salt, adapter=adapter)
-        remaining = hashes
+        keyed = (adapter or BASE_WRITER) if self.mode.keyed_by_adapter else None
+        return self.hasher.block_hashes(token_ids, salt=salt, adapter=keyed)
+
+    def lookup(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> MatchResult:
+        """The longest cached prefix of ``token_ids`` in full blocks. No side effects."""
+        return self.match(self.block_hashes(token_ids, salt=salt, adapter=adapter))
+
+    def match(self, hashes: Sequence[BlockHash]) -> MatchResult:
+        """How many of ``hashes``, from the first, some tier holds. No side effects."""
+        remaining = list(hashes)
         found: list[str] = []
         for tier in self.tiers:
             if not remaining:
@@ -126,6 +129,10 @@ class KVCacheStore:
             found += [tier.name] * n
             remaining = remaining[n:]
         return MatchResult(tuple(hashes[: len(found)]), tuple(found), self.hasher.block_size)
+
+    def holds(self, key: BlockHash) -> bool:
+        """Whether the fastest tier holds ``key`` (then every write-through already happened)."""
+        return self.tiers[0].contains(key)
 
     def load(self, match: MatchResult, *, adapter: str | None, num_query_tokens: int) -> list[Block]:
         """Fetch the matched blocks and record the lookup's hits and misses.
@@ -170,20 +177,28 @@ class KVCacheStore:
     ) -> int:
         """Write the blocks of ``token_ids``'s first full blocks to every tier.
 
-        ``blocks[i]`` holds tokens ``[i·block_size, (i+1)·block_size)``. Blocks the first
-        tier already holds are skipped (the write-through already happened). Returns the
-        number of blocks written.
+        ``blocks[i]`` holds tokens ``[i·block_size, (i+1)·block_size)``. Returns the number
+        of blocks written.
+        """
+        hashes = self.block_hashes(token_ids, salt=salt, adapter=adapter)
+        if len(blocks) > len(hashes):
+            raise ValueError(f"{len(blocks)} blocks for {len(hashes)} full blocks of tokens")
+        return self.put(hashes[: len(blocks)], blocks)
+
+    def put(self, hashes: Sequence[BlockHash], blocks: Sequence[Block]) -> int:
+        """Write blocks under precomputed hashes to every tier; returns how many were written.
+
+        Blocks the fastest tier already holds are skipped: their write-through happened.
 
         Raises:
             ValueError: a block of the wrong kind or size for this store's layout.
         """
-        hashes = self._hashes(token_ids, salt=salt, adapter=adapter)
-        if len(blocks) > len(hashes):
-            raise ValueError(f"{len(blocks)} blocks for {len(hashes)} full blocks of tokens")
+        if len(hashes) != len(blocks):
+            raise ValueError(f"{len(hashes)} hashes for {len(blocks)} blocks")
         written = 0
         for key, block in zip(hashes, blocks):
             self._check(block)
-            if self.tiers[0].contains(key):
+            if self.holds(key):
                 continue
             value = encode_block(block)
             for tier in self.tiers:

