@@ -69,6 +69,8 @@ def serve(
     model: ModelOption = None,
     roles: RolesOption = None,
     redis_url: Annotated[Optional[str], typer.Option(help="Redis URL; unset starts an embedded one.")] = None,
+    graphs: Annotated[Optional[Path], typer.Option(
+        help="Registry of your LangGraph graphs (langgraph.json shape), served beside the built-in ones.")] = None,
 ) -> None:
     """Run the API server on the engine, the roles and Redis."""
     import uvicorn
@@ -77,7 +79,8 @@ def serve(
     from agentstack.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(host=host, port=port, model=model, roles_file=roles, redis_url=redis_url)
+    settings = _settings(host=host, port=port, model=model, roles_file=roles, redis_url=redis_url,
+                         graphs_file=graphs)
     application = create_app(Service(settings))
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=30)
@@ -129,6 +132,25 @@ def bench_serve(
                               rounds=rounds, report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_serve_bench(_settings(), config, quiet=as_json)
+    if as_json:
+        print(json.dumps(result.summary()))
+    else:
+        console.print(result.table())
+
+
+@bench_app.command("graph")
+def bench_graph(
+    runs: Annotated[int, typer.Option(help="Runs per workflow, on fixed inputs.", min=1)] = 4,
+    max_rounds: Annotated[int, typer.Option(help="plan_act_reflect's round limit.", min=1, max=5)] = 2,
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """End-to-end latency (p50/p99) and prefill/generated tokens per role of the workflows."""
+    from agentstack.bench.graph import GraphBenchConfig, run_graph_bench
+
+    config = GraphBenchConfig(runs=runs, max_rounds=max_rounds, report_dir=report_dir)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_graph_bench(_settings(), config, quiet=as_json)
     if as_json:
         print(json.dumps(result.summary()))
     else:

@@ -16,10 +16,10 @@ USER_GRAPHS_FILE = Path(__file__).parent / "user_graphs" / "langgraph.json"
 
 @pytest.fixture(scope="session")
 def workflow_server(
-    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, redis_server: EmbeddedRedis, adapters_root: Path
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, redis_server: EmbeddedRedis
 ) -> Iterator[LiveServer]:
     cache_dir = tmp_path_factory.mktemp("workflows")
-    env = server_env(model_dir, redis_server.url, adapters_root, cache_dir)
+    env = server_env(model_dir, redis_server.url, cache_dir / "adapters", cache_dir)
     env["AGENTSTACK_REDIS_PREFIX"] = "workflows"
     env["AGENTSTACK_GRAPHS_FILE"] = str(USER_GRAPHS_FILE)
     server = LiveServer(env=env, log_path=cache_dir / "server.log").start()
