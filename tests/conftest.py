@@ -19,8 +19,34 @@ from agentstack.config import PACKAGE_DATA, Settings
 from agentstack.model_prep import prepare
 from agentstack.redis_server import EmbeddedRedis, free_port
 
-DEMO_ADAPTERS = PACKAGE_DATA / "adapters"
-SHOUT_PROMPT = "You shout: reply in ALL CAPITAL LETTERS, in one or two short sentences."
+SHIPPED_ADAPTERS = PACKAGE_DATA / "adapters"
+TOOL_QUESTION = "What's the weather in Paris right now?"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name."}},
+            "required": ["city"],
+        },
+    },
+}
+CURRENCY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "convert_currency",
+        "description": "Convert an amount of money from one currency to another.",
+        "parameters": {
+            "type": "object",
+            "properties": {"amount": {"type": "number"}, "source": {"type": "string"},
+                           "target": {"type": "string"}},
+            "required": ["amount", "source", "target"],
+        },
+    },
+}
+TOOLS = [CURRENCY_TOOL, WEATHER_TOOL]
 SERVER_START_TIMEOUT_S = 420
 
 
@@ -37,9 +63,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 @pytest.fixture(scope="session")
 def adapters_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run-time adapters root holding a copy of a demo adapter, to load through the API."""
+    """A run-time adapters root holding a copy of a shipped adapter, to load through the API."""
     root = tmp_path_factory.mktemp("adapters")
-    shutil.copytree(DEMO_ADAPTERS / "shout", root / "shout-copy")
+    shutil.copytree(SHIPPED_ADAPTERS / "selector", root / "selector-copy")
     return root
 
 
@@ -120,7 +146,15 @@ def base_url(live_server: LiveServer) -> str:
     return live_server.base_url
 
 
-def uppercase_share(text: str) -> float:
-    """Share of letters in upper case: the `shout` role's behaviour, measured."""
-    letters = [c for c in text if c.isalpha()]
-    return sum(c.isupper() for c in letters) / max(len(letters), 1)
+def selector_chat() -> list[dict[str, str]]:
+    """The tool context the selector role reads for TOOL_QUESTION."""
+    from agentstack.tool_calling import selector_messages
+
+    return selector_messages([{"role": "user", "content": TOOL_QUESTION}], TOOLS)
+
+
+def selects_weather(text: str) -> bool:
+    """The selector role's behaviour, measured: it names get_weather and nothing else."""
+    from agentstack.tool_calling import parse_selection
+
+    return parse_selection(text, TOOLS) == ["get_weather"]

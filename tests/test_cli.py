@@ -11,10 +11,10 @@ from agentstack.cli import app
 runner = CliRunner()
 
 
-def test_roles_list_shows_the_demo_roles() -> None:
+def test_roles_list_shows_the_packaged_roles() -> None:
     result = runner.invoke(app, ["roles", "list"])
     assert result.exit_code == 0, result.output
-    for name in ("assistant", "json_answer", "shout"):
+    for name in ("assistant", "selector", "arguments", "single"):
         assert name in result.output
 
 

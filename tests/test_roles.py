@@ -16,7 +16,7 @@ from agentstack.roles import AdapterChange, AdapterStore, RolesFileError, load_r
 def test_packaged_roles_file_names_real_adapters() -> None:
     specs = {s.name: s for s in load_roles_file(DEFAULT_ROLES_FILE)}
     assert specs["assistant"].adapter is None
-    for name in ("json_answer", "shout"):
+    for name in ("selector", "arguments", "single"):
         adapter = specs[name].adapter
         assert adapter is not None and (adapter / "adapter_config.json").is_file()
 

@@ -27,9 +27,9 @@ from agentstack.tool_calling import (
 
 NEGATIVE_SHARE = 0.1
 DATA_SEED = 7
-# Training on this 2-core CPU runs at ~170 tokens/s, so each role sees a fixed sample of
-# the train split (~100k tokens, ~10 minutes), the same BFCL ids for every role.
-TRAIN_PER_CATEGORY = {"simple_python": 160, "multiple": 80, "parallel": 80, "parallel_multiple": 80}
+# Training on a 2-core CPU runs at 100-170 tokens/s, so each role sees a fixed sample of
+# the train split (~65k tokens), the same BFCL ids for every role.
+TRAIN_PER_CATEGORY = {"simple_python": 100, "multiple": 50, "parallel": 50, "parallel_multiple": 50}
 
 
 class ToolRole(str, enum.Enum):

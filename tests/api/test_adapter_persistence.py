@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from agentstack.redis_server import EmbeddedRedis
-from tests.conftest import SHOUT_PROMPT, LiveServer, server_env, uppercase_share
+from tests.conftest import LiveServer, selector_chat, selects_weather, server_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +36,22 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
     try:
         http = httpx.Client(base_url=server.base_url, timeout=120)
         assert http.post("/v1/load_lora_adapter",
-                         json={"lora_name": "shout-kept", "lora_path": "shout-copy"}).status_code == 200
-        assert http.post("/v1/unload_lora_adapter", json={"lora_name": "json_answer"}).status_code == 200
-        assert "json_answer" not in model_ids(server)
+                         json={"lora_name": "selector-kept", "lora_path": "selector-copy"}).status_code == 200
+        assert http.post("/v1/unload_lora_adapter", json={"lora_name": "single"}).status_code == 200
+        assert "single" not in model_ids(server)
     finally:
         assert server.stop() in GRACEFUL_EXIT, server.log_tail()
 
     restarted = LiveServer(env=env, log_path=tmp_path / "server.log").start()
     try:
         ids = model_ids(restarted)
-        assert "shout-kept" in ids
-        assert "json_answer" not in ids
+        assert "selector-kept" in ids
+        assert "single" not in ids
         reply = httpx.post(f"{restarted.base_url}/v1/chat/completions", timeout=120, json={
-            "model": "shout-kept", "temperature": 0, "max_tokens": 24,
-            "messages": [{"role": "system", "content": SHOUT_PROMPT},
-                         {"role": "user", "content": "What is the capital of Italy?"}],
+            "model": "selector-kept", "temperature": 0, "max_tokens": 24, "messages": selector_chat(),
         })
         assert reply.status_code == 200
-        assert uppercase_share(reply.json()["choices"][0]["message"]["content"]) > 0.9
+        assert selects_weather(reply.json()["choices"][0]["message"]["content"])
 
         # Readiness follows Redis: down -> 503 naming Redis, back -> ready again.
         port = own_redis.port

@@ -53,9 +53,9 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("adapter-missing", "/v1/load_lora_adapter",
      {"lora_name": "ghost", "lora_path": "no-such-adapter"}, 400, "BadRequestError"),
     ("adapter-bad-name", "/v1/load_lora_adapter",
-     {"lora_name": "../x", "lora_path": "shout-copy"}, 400, "BadRequestError"),
+     {"lora_name": "../x", "lora_path": "selector-copy"}, 400, "BadRequestError"),
     ("adapter-duplicate", "/v1/load_lora_adapter",
-     {"lora_name": "shout", "lora_path": "shout-copy"}, 400, "BadRequestError"),
+     {"lora_name": "selector", "lora_path": "selector-copy"}, 400, "BadRequestError"),
     ("unload-unknown", "/v1/unload_lora_adapter", {"lora_name": "ghost"}, 404, "NotFoundError"),
     ("wrong-method", "/v1/chat/completions", None, 405, "MethodNotAllowed"),
     ("unknown-path", "/v1/nothing-here", None, 404, "NotFoundError"),
@@ -85,4 +85,4 @@ def test_service_still_serves_after_bad_input(base_url: str) -> None:
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"]
     models = httpx.get(f"{base_url}/v1/models").json()["data"]
-    assert "shout" in {m["id"] for m in models}, "a refused duplicate load must not disturb the role"
+    assert "selector" in {m["id"] for m in models}, "a refused duplicate load must not disturb the role"

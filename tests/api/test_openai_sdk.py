@@ -1,4 +1,4 @@
-"""The OpenAI Python SDK against the live server, on the real engine and the demo roles."""
+"""The OpenAI Python SDK against the live server, on the real engine and the shipped roles."""
 
 from __future__ import annotations
 
@@ -10,24 +10,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SHOUT_PROMPT, uppercase_share
+from agentstack.tool_calling import parse_calls
+from tests.conftest import TOOLS, selector_chat, selects_weather
 
 pytestmark = pytest.mark.slow
 
 BASE_MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France?"
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER_TOOL = TOOLS[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +25,21 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def ask(client: openai.OpenAI, model: str, question: str = QUESTION, system: str | None = None) -> str:
-    messages = [{"role": "system", "content": system}] if system else []
+def ask(client: openai.OpenAI, model: str, question: str = QUESTION) -> str:
+    return chat(client, model, [{"role": "user", "content": question}])
+
+
+def chat(client: openai.OpenAI, model: str, messages: list[dict[str, str]], max_tokens: int = 48) -> str:
     reply = client.chat.completions.create(
-        model=model, messages=[*messages, {"role": "user", "content": question}],  # type: ignore[list-item]
-        temperature=0, max_tokens=48,
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens,  # type: ignore[arg-type]
     )
     return reply.choices[0].message.content or ""
 
 
 def test_models_lists_base_and_roles(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list()}
-    assert {BASE_MODEL, "assistant", "json_answer", "shout"} <= set(models)
-    assert models["shout"].parent == BASE_MODEL  # type: ignore[attr-defined]
+    assert {BASE_MODEL, "assistant", "selector", "arguments", "single"} <= set(models)
+    assert models["selector"].parent == BASE_MODEL  # type: ignore[attr-defined]
 
 
 def test_chat_answers_from_the_real_model(client: openai.OpenAI) -> None:
@@ -60,21 +52,25 @@ def test_chat_answers_from_the_real_model(client: openai.OpenAI) -> None:
 
 
 def test_roles_behave_as_their_adapters_dictate(client: openai.OpenAI) -> None:
-    base = ask(client, "assistant")
-    as_json = ask(client, "json_answer")
-    shouted = ask(client, "shout")
+    context = selector_chat()
+    base = chat(client, BASE_MODEL, context, max_tokens=64)
+    selected = chat(client, "selector", context)
+    single = chat(client, "single", context, max_tokens=64)
+    filled = chat(client, "arguments", [*context, {"role": "user", "content": "Call get_weather."}], max_tokens=64)
 
-    assert isinstance(json.loads(as_json).get("answer"), str)
-    assert uppercase_share(shouted) > 0.9
-    assert uppercase_share(base) < 0.5
-    assert not base.lstrip().startswith("{")
-    assert len({base, as_json, shouted}) == 3
+    assert selects_weather(selected)
+    assert not selects_weather(base)
+    for reply in (single, filled):
+        calls = parse_calls(reply, TOOLS)
+        assert calls and calls[0]["name"] == "get_weather", reply
+        assert "paris" in str(calls[0]["arguments"].get("city", "")).lower(), reply
+    assert not parse_calls(base, TOOLS)
 
 
 def test_streaming_yields_the_same_text_as_a_plain_call(client: openai.OpenAI) -> None:
-    plain = ask(client, "shout")
+    plain = ask(client, "assistant")
     stream = client.chat.completions.create(
-        model="shout", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48,
+        model="assistant", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48,
         stream=True, stream_options={"include_usage": True},
     )
     pieces, finish, usage = [], None, None
@@ -132,7 +128,7 @@ def test_text_completion(client: openai.OpenAI) -> None:
 def test_eight_concurrent_mixed_role_requests_all_succeed(base_url: str) -> None:
     async def run() -> list[str]:
         client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
-        roles = ["assistant", "json_answer", "shout", BASE_MODEL] * 2
+        roles = ["assistant", "selector", "single", BASE_MODEL] * 2
         replies = await asyncio.gather(*(
             client.chat.completions.create(
                 model=role, messages=[{"role": "user", "content": f"Name a famous city, number {i}."}],
@@ -149,18 +145,17 @@ def test_eight_concurrent_mixed_role_requests_all_succeed(base_url: str) -> None
 
 def test_adapter_load_and_unload_at_run_time(client: openai.OpenAI) -> None:
     loaded = client.post(
-        "/load_lora_adapter", body={"lora_name": "shout-live", "lora_path": "shout-copy"},
+        "/load_lora_adapter", body={"lora_name": "selector-live", "lora_path": "selector-copy"},
         cast_to=httpx.Response,
     )
     assert loaded.status_code == 200 and "added successfully" in loaded.text
-    assert "shout-live" in {m.id for m in client.models.list()}
-    # A run-time adapter has no role prompt of its own: the caller sends the one it was trained with.
-    assert uppercase_share(ask(client, "shout-live", system=SHOUT_PROMPT)) > 0.9
+    assert "selector-live" in {m.id for m in client.models.list()}
+    assert selects_weather(chat(client, "selector-live", selector_chat()))
 
-    unloaded = client.post("/unload_lora_adapter", body={"lora_name": "shout-live"}, cast_to=httpx.Response)
+    unloaded = client.post("/unload_lora_adapter", body={"lora_name": "selector-live"}, cast_to=httpx.Response)
     assert unloaded.status_code == 200
     with pytest.raises(openai.NotFoundError):
-        ask(client, "shout-live")
+        ask(client, "selector-live")
 
 
 def aborted_requests(base_url: str) -> float:
@@ -193,17 +188,17 @@ def test_client_disconnect_aborts_the_engine_request(base_url: str, streamed: bo
 
 
 def test_metrics_report_requests_latency_and_tokens_by_role(base_url: str, client: openai.OpenAI) -> None:
-    ask(client, "json_answer")
+    ask(client, "single")
     text = httpx.get(f"{base_url}/metrics").text
     for series in (
-        'agentstack:requests_total{role="json_answer",status="200"}',
-        'agentstack:time_to_first_token_seconds_count{role="json_answer"}',
-        'agentstack:e2e_request_latency_seconds_count{role="json_answer"}',
-        'agentstack:prompt_tokens_total{role="json_answer"}',
-        'agentstack:generation_tokens_total{role="json_answer"}',
-        'agentstack:prefix_cache_hits_total{role="json_answer"}',
+        'agentstack:requests_total{role="single",status="200"}',
+        'agentstack:time_to_first_token_seconds_count{role="single"}',
+        'agentstack:e2e_request_latency_seconds_count{role="single"}',
+        'agentstack:prompt_tokens_total{role="single"}',
+        'agentstack:generation_tokens_total{role="single"}',
+        'agentstack:prefix_cache_hits_total{role="single"}',
         "agentstack:num_requests_running",
         "agentstack:num_requests_waiting",
-        'agentstack:adapter_loaded{adapter="shout"}',
+        'agentstack:adapter_loaded{adapter="selector"}',
     ):
         assert series in text, series

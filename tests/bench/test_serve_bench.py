@@ -28,7 +28,7 @@ def test_bench_serve_prints_one_json_object_and_writes_report(tmp_path: Path, mo
         assert result[side]["output_tokens"] == 8 * 8, "ignore_eos makes both sides do the same work"
         assert result[side]["throughput_tok_s"] > 0
         assert 0 < result[side]["ttft_p50_s"] <= result[side]["ttft_p99_s"]
-    assert {"json_answer", "shout"} <= set(result["roles"])
+    assert {"selector", "arguments", "single"} <= set(result["roles"])
     assert result["throughput_ratio_http_over_engine"] > 0
     assert (tmp_path / "reports" / "bench-serve.md").read_text().startswith("# bench serve")
     assert (tmp_path / "reports" / "bench-serve.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,11 @@ from transformers import PreTrainedTokenizerBase
 from agentstack.config import DEFAULT_ROLES_FILE, Settings
 from agentstack.model_prep import prepare
 from agentstack.training import TrainSpec, build_labels, lora, train_lora
-from agentstack.training.demo import ADAPTERS, REFERENCE_ROLE, ROLES
+from agentstack.bfcl.training_data import ToolRole
+from agentstack.config import PACKAGE_DATA
+from agentstack.training.recipes import RECIPES, REFERENCE_ROLE
+
+ADAPTERS = PACKAGE_DATA / "adapters"
 
 IGNORE = -100
 
@@ -77,10 +81,10 @@ def test_spec_rejects_k_proj(tmp_path: Path) -> None:
 
 def test_shipped_adapters_share_v_proj_a_and_skip_k_proj() -> None:
     weights = {
-        role.name: load_file(str(ADAPTERS / role.name / "adapter_model.safetensors"))
-        for role in ROLES
+        role.value: load_file(str(ADAPTERS / role.value / "adapter_model.safetensors"))
+        for role in ToolRole
     }
-    reference = weights[REFERENCE_ROLE.name]
+    reference = weights[REFERENCE_ROLE.value]
     shared = sorted(k for k in reference if ".v_proj.lora_A." in k)
     assert len(shared) == 30
     for name, tensors in weights.items():
@@ -90,19 +94,17 @@ def test_shipped_adapters_share_v_proj_a_and_skip_k_proj() -> None:
             assert torch.equal(tensors[key], reference[key]), (name, key)
         config = json.loads((ADAPTERS / name / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == "smollm2-135m-instruct"
-        assert config["r"] == 8
+        assert config["r"] == RECIPES[ToolRole(name)].rank
         assert set(config["target_modules"]) == {"q_proj", "v_proj", "o_proj"}
         assert (ADAPTERS / name / "README.md").is_file()
 
 
-def test_roles_file_matches_demo_training() -> None:
+def test_roles_file_serves_the_shipped_tool_roles() -> None:
     roles = {r["name"]: r for r in yaml.safe_load(DEFAULT_ROLES_FILE.read_text())["roles"]}
-    for role in ROLES:
-        entry = roles[role.name]
-        assert entry["system_prompt"] == role.system_prompt
-        assert (DEFAULT_ROLES_FILE.parent / entry["adapter"]).resolve() == (
-            ADAPTERS / role.name
-        ).resolve()
+    for role in ToolRole:
+        entry = roles[role.value]
+        assert "system_prompt" not in entry  # the tool workflow writes the whole context
+        assert (DEFAULT_ROLES_FILE.parent / entry["adapter"]).resolve() == (ADAPTERS / role.value).resolve()
 
 
 def _examples(path: Path) -> Path:
@@ -170,3 +172,13 @@ def test_tiny_run_resumes_and_shares_v_proj_a(
     assert v_a and all(torch.equal(ref_weights[k], other_weights[k]) for k in v_a)
     q_a = [k for k in ref_weights if ".q_proj.lora_A." in k]
     assert not all(torch.equal(ref_weights[k], other_weights[k]) for k in q_a)
+
+
+def test_tool_role_chats_are_supervised_on_the_reply_only(tokenizer: PreTrainedTokenizerBase) -> None:
+    from agentstack.bfcl.training_data import role_chats, train_examples
+
+    pool = train_examples()[:3]
+    for role in ToolRole:
+        for chat in role_chats(role, pool)[:3]:
+            ids, labels = build_labels(tokenizer, chat["messages"])
+            assert _supervised(tokenizer, ids, labels) == chat["messages"][-1]["content"] + "<|im_end|>"
