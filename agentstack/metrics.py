@@ -75,6 +75,14 @@ class Metrics:
             "agentstack:adapter_loaded", "1 for each adapter loaded in the engine.",
             ["adapter"], registry=r,
         )
+        self.workflow_runs = Counter(
+            "agentstack:workflow_runs", "Finished workflow (LangGraph) runs by graph and status.",
+            ["graph", "status"], registry=r,
+        )
+        self.workflow_run_latency = Histogram(
+            "agentstack:workflow_run_seconds", "Time from the start of a workflow run to its end.",
+            ["graph"], buckets=LATENCY_BUCKETS, registry=r,
+        )
 
     def observe_scheduler(self, snapshot: SchedulerSnapshot) -> None:
         self.running.set(snapshot.running)

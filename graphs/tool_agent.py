@@ -1,10 +1,10 @@
 """`tool_agent`: selector -> arguments -> execute -> answer, each step on its own role.
 
 DualTune's split of tool use: the `selector` role names the function(s) that apply
-(or none), the `arguments` role writes one call per chosen function, the tools run
-here, and the `assistant` role answers from their results. A tool that fails (bad
-arguments, unknown unit, ...) is reported back to the model as an error result, so
-the run goes on and the answer can say what went wrong.
+(or none), the `arguments` role writes the call(s) of each chosen function (several
+for parallel calls), the tools run here, and the `assistant` role answers from their
+results. A tool that fails (bad arguments, unknown unit, ...) is reported back to the
+model as an error result, so the run goes on and the answer can say what went wrong.
 
     selector --none--> answer
         \\--names--> arguments --no valid call--> answer
@@ -30,7 +30,7 @@ from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
 from agentstack.chat_model import RoleChatModel
-from agentstack.tool_calling import arguments_messages, parse_call, parse_selection, selector_messages
+from agentstack.tool_calling import arguments_messages, parse_calls, parse_selection, selector_messages
 from graphs.tools import DEFAULT_TOOLS, ToolRegistry
 
 
@@ -93,11 +93,11 @@ def build_tool_agent(
         history = _history(state["messages"])
         writer = RoleChatModel(role=arguments_role)
 
-        async def one(name: str) -> dict[str, Any] | None:
+        async def calls_of(name: str) -> list[dict[str, Any]]:
             reply = await writer.ainvoke(arguments_messages(history, specs, name))
-            return parse_call(reply.text, by_name[name])
+            return parse_calls(reply.text, [by_name[name]])
 
-        calls = [c for c in await asyncio.gather(*(one(n) for n in state["selected"])) if c is not None]
+        calls = [c for found in await asyncio.gather(*(calls_of(n) for n in state["selected"])) for c in found]
         if not calls:
             return {}
         tool_calls = [{"name": c["name"], "args": c["arguments"], "id": f"call_{uuid.uuid4().hex[:24]}",

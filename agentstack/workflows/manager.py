@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -382,9 +383,11 @@ class WorkflowManager:
 
     async def _execute(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec, *, after: RunHandle | None) -> None:
         record, log = handle.record, handle.log
+        started = time.perf_counter()
         try:
             if after is not None:
                 await after.done.wait()
+            started = time.perf_counter()
             record.status = "running"
             await self.store.put_run(record)
             log.emit("metadata", {"run_id": record.run_id, "attempt": 1})
@@ -408,6 +411,9 @@ class WorkflowManager:
             log.emit("error", record.error)
         finally:
             await self._finish(handle, entry, spec)
+            metrics = self.service.metrics
+            metrics.workflow_runs.labels(entry.graph_id, record.status).inc()
+            metrics.workflow_run_latency.labels(entry.graph_id).observe(time.perf_counter() - started)
 
     async def _finish(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec) -> None:
         record = handle.record

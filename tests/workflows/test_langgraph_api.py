@@ -128,6 +128,8 @@ async def test_user_graph_node_error_ends_the_run_and_the_thread_stays_usable(wo
         await client.runs.wait(thread["thread_id"], "fragile", input={"fail": True})
     assert await client.runs.wait(thread["thread_id"], "fragile", input={"fail": False}) == {"fail": False, "count": 1}
     assert (await client.threads.get(thread["thread_id"]))["status"] == "idle"
+    metrics = httpx.get(f"{workflow_url}/metrics", timeout=10).text
+    assert 'agentstack:workflow_runs_total{graph="fragile",status="error"}' in metrics
 
 
 async def test_background_run_cancel_join_and_multitask(workflow_url: str) -> None:
