@@ -50,7 +50,7 @@ adapters: setup
 	$(BIN)/agentstack adapters build
 
 eval-bfcl: setup
-	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple simple_java live_simple,--category $(c)) \
+	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \
 		--mode base --mode single --mode roles --limit 25
 
 clean:

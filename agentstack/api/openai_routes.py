@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentstack.api.errors import InvalidRequest, NotFound, error_body
+from agentstack.api.sse import chat_chunk, sse, usage_chunk
+from agentstack.api.tool_workflow import (
+    TOOL_WORKFLOW_MODEL,
+    run_tool_workflow,
+    tool_calls_response,
+    tool_workflow_available,
+)
 from agentstack.api.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -167,15 +173,18 @@ def _usage(final: Any) -> Usage:
     )
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     service = service_of(request)
-    plan = plan_chat(service, resolve_role(request, body.model), body)
+    if body.model == TOOL_WORKFLOW_MODEL:
+        request.state.role = TOOL_WORKFLOW_MODEL
+        outcome = await run_tool_workflow(service, body)
+        if outcome is not None:
+            return tool_calls_response(outcome, body)
+        body = body.model_copy(update={"tools": None, "tool_choice": None})
+        plan = plan_chat(service, service.resolve(service.base_name), body)
+    else:
+        plan = plan_chat(service, resolve_role(request, body.model), body)
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -245,12 +254,9 @@ async def chat_events(service: Service, plan: ChatPlan, model: str, *, include_u
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
+        return chat_chunk(request_id, created, model, delta, finish)
 
-    yield _sse(chunk({"role": "assistant", "content": ""}))
+    yield sse(chunk({"role": "assistant", "content": ""}))
     sent = 0
     hold = forced or think
     final = None
@@ -261,10 +267,10 @@ async def chat_events(service: Service, plan: ChatPlan, model: str, *, include_u
             if hold or (tools and may_become_tool_call(text)):
                 continue
             if len(text) > sent:
-                yield _sse(chunk({"content": text[sent:]}))
+                yield sse(chunk({"content": text[sent:]}))
                 sent = len(text)
     except Exception:
-        yield _sse(error_body(500, "InternalServerError", "generation failed"))
+        yield sse(error_body(500, "InternalServerError", "generation failed"))
         return
     assert final is not None
     completion = final.outputs[0]
@@ -273,24 +279,23 @@ async def chat_events(service: Service, plan: ChatPlan, model: str, *, include_u
     if hold or (tools and may_become_tool_call(text)):
         reply = parse_reply(text[sent:], tools=tools, forced=forced, think=think)
         if reply.reasoning:
-            yield _sse(chunk({"reasoning": reply.reasoning}))
+            yield sse(chunk({"reasoning": reply.reasoning}))
         if reply.tool_calls:
             finish = "tool_calls"
-            yield _sse(chunk({"tool_calls": [
+            yield sse(chunk({"tool_calls": [
                 {"index": i, "id": call.id, "type": "function",
                  "function": {"name": call.function.name, "arguments": call.function.arguments}}
                 for i, call in enumerate(reply.tool_calls)
             ]}))
         elif reply.content:
-            yield _sse(chunk({"content": reply.content}))
+            yield sse(chunk({"content": reply.content}))
     elif len(text) > sent:
-        yield _sse(chunk({"content": text[sent:]}))
-    yield _sse(chunk({}, finish))
+        yield sse(chunk({"content": text[sent:]}))
+    yield sse(chunk({}, finish))
     if include_usage:
         usage = _usage(final)
-        yield _sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [], "usage": usage.model_dump()})
-    yield _sse("[DONE]")
+        yield sse(usage_chunk(request_id, created, model, usage.model_dump()))
+    yield sse("[DONE]")
 
 
 @router.post("/v1/completions", response_model=None)
@@ -342,8 +347,8 @@ async def _completion_events(
         pending = ""
         sent = len(completion.text)
         if delta or finish:
-            yield _sse(chunk(delta, finish))
-    yield _sse("[DONE]")
+            yield sse(chunk(delta, finish))
+    yield sse("[DONE]")
 
 
 @router.get("/v1/models")
@@ -353,6 +358,10 @@ async def list_models(request: Request) -> ModelList:
         ModelCard(id=service.base_name, root=service.base_name,
                   max_model_len=service.settings.max_model_len, description="base model")
     ]
+    if tool_workflow_available(service):
+        cards.append(ModelCard(id=TOOL_WORKFLOW_MODEL, root=TOOL_WORKFLOW_MODEL, parent=service.base_name,
+                               max_model_len=service.settings.max_model_len,
+                               description="selector, then arguments per chosen function; answers with tool_calls"))
     for role in service.roles.values():
         cards.append(
             ModelCard(

@@ -67,6 +67,25 @@ def test_roles_behave_as_their_adapters_dictate(client: openai.OpenAI) -> None:
     assert not parse_calls(base, TOOLS)
 
 
+def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) -> None:
+    assert "tool-calling" in {m.id for m in client.models.list()}
+    question = [{"role": "user", "content": "What's the weather in Paris right now?"}]
+    reply = client.chat.completions.create(
+        model="tool-calling", messages=question, tools=TOOLS, temperature=0,  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
+    assert "paris" in json.loads(choice.message.tool_calls[0].function.arguments)["city"].lower()
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="tool-calling", messages=question, tools=TOOLS, temperature=0, stream=True,  # type: ignore[arg-type]
+    )
+    streamed = [call for chunk in stream for c in chunk.choices for call in c.delta.tool_calls or []]
+    assert [c.function.name for c in streamed] == ["get_weather"]
+
+
 def test_streaming_yields_the_same_text_as_a_plain_call(client: openai.OpenAI) -> None:
     plain = ask(client, "assistant")
     stream = client.chat.completions.create(
