@@ -36,6 +36,8 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
 
 console = Console()
+# Distinct from a start-up failure (1) and a configuration error (2), for restart policies.
+ENGINE_DEAD_EXIT_CODE = 3
 
 ModelOption = Annotated[
     Optional[Path], typer.Option("--model", help="Local Hugging Face model directory to serve.")
@@ -76,14 +78,39 @@ def serve(
     import uvicorn
 
     from agentstack.api import create_app
+    from agentstack.auth import AuthConfigError
     from agentstack.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(host=host, port=port, model=model, roles_file=roles, redis_url=redis_url,
                          graphs_file=graphs)
-    application = create_app(Service(settings))
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    service = Service(settings)
+    try:
+        application = create_app(service)
+    except AuthConfigError as e:
+        console.print(f"[red]error[/]: {e}")
+        raise typer.Exit(2) from e
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, fail readiness and refuse new generation at once, then let
+        uvicorn finish the requests in flight (up to the grace period) before the
+        lifespan stops the engine."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            service.draining = True
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    server = DrainingServer(uvicorn.Config(application, host=settings.host, port=settings.port,
+                                           log_level="info",
+                                           timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
+
+    def engine_died() -> None:
+        server.should_exit = server.force_exit = True
+
+    service.on_engine_death = engine_died
+    server.run()
+    if service.engine_died:
+        raise typer.Exit(ENGINE_DEAD_EXIT_CODE)
 
 
 @model_app.command("prepare")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,10 +70,32 @@ class Settings(BaseSettings):
     enforce_eager: bool = True
     seed: int = 0
 
+    # Authentication
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="API keys (JSON list): plain keys or `sha256:<hex>` digests, each with full access.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="Key file: one key (or `sha256:<hex>`) per line, or YAML with per-key roles and graphs.",
+    )
+    auth_required: bool | None = Field(
+        default=None,
+        description="Unset: keys are required unless the server binds to loopback only.",
+    )
+
     # Request limits
     max_tokens_cap: int = Field(default=1024, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_concurrency_per_key: int = Field(
+        default=16, ge=1, description="Generation requests one key may have running at once.")
+    max_queue_per_key: int = Field(
+        default=64, ge=0, description="Generation requests of one key waiting for a slot; beyond, 429.")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="A generation request or run still open after this is ended (504).")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before the engine stops.")
 
     @classmethod
     def settings_customise_sources(

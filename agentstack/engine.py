@@ -132,6 +132,11 @@ class Engine:
     async def check_health(self) -> None:
         await self.llm.check_health()
 
+    @property
+    def dead(self) -> bool:
+        """The engine core process is gone (or its output loop died): nothing can recover it here."""
+        return self._llm is not None and self._llm.errored
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -148,10 +153,17 @@ class Engine:
         *,
         request_id: str,
         adapter: Adapter | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream outputs; closing or cancelling the iterator aborts the engine request."""
+        """Stream outputs; closing or cancelling the iterator aborts the engine request.
+
+        `cache_salt` enters the hash of every prefix-cache block (vLLM's and the cache
+        connector's): requests of different salts never share cached KV."""
+        prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
         stream = self.llm.generate(
-            {"prompt_token_ids": prompt_ids},
+            prompt,  # type: ignore[arg-type]
             sampling,
             request_id,
             lora_request=adapter.lora_request() if adapter else None,

@@ -83,6 +83,27 @@ class Metrics:
             "agentstack:workflow_run_seconds", "Time from the start of a workflow run to its end.",
             ["graph"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.requests_refused = Counter(
+            "agentstack:requests_refused",
+            "Requests the guard refused before any route, by reason (missing_key, wrong_key, forbidden, "
+            "too_large, overloaded, timeout, draining).",
+            ["reason"], registry=r,
+        )
+        self.tenant_prefix_cache_hits = Counter(
+            "agentstack:tenant_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache, by API key name (tenant).",
+            ["tenant"], registry=r,
+        )
+        self.tenant_prefix_cache_queries = Counter(
+            "agentstack:tenant_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache, by API key name (tenant).",
+            ["tenant"], registry=r,
+        )
+        self.dependency_up = Gauge(
+            "agentstack:dependency_up",
+            "1 while a dependency answers its health check (engine, redis), else 0.",
+            ["dependency"], registry=r,
+        )
 
     def observe_scheduler(self, snapshot: SchedulerSnapshot) -> None:
         self.running.set(snapshot.running)

@@ -9,13 +9,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
+from agentstack.auth import current_principal
 from agentstack.config import Settings
 from agentstack.engine import Adapter, AdapterLoadError, Engine
 from agentstack.metrics import Metrics
@@ -50,6 +51,14 @@ class Completion:
     generated_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+    degraded: list[str]
+    """Features unavailable while a non-essential dependency is down."""
+
+
 class AdapterRequestError(ValueError):
     """A run-time adapter load/unload the service refuses (bad name or path, conflict)."""
 
@@ -64,6 +73,13 @@ class Service:
     _embedded_redis: EmbeddedRedis | None = None
     _store: AdapterStore | None = None
     _adapter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    draining: bool = False
+    """Set on SIGTERM: readiness fails and new generation requests are refused while the
+    requests in flight finish."""
+    on_engine_death: Callable[[], None] | None = None
+    """Called once when the engine dies; the server uses it to exit non-zero."""
+    engine_died: bool = False
+    _watchdog: asyncio.Task[None] | None = None
 
     @property
     def base_name(self) -> str:
@@ -91,8 +107,25 @@ class Service:
         for change in await self._store.changes():
             await self._replay(change)
         logger.info("serving roles: %s", ", ".join(self.roles))
+        self._watchdog = asyncio.create_task(self._watch_engine(), name="engine-watchdog")
+
+    async def _watch_engine(self, interval_s: float = 0.5) -> None:
+        """Poll for engine death, which vLLM reports only to requests that happen to be
+        running: readiness must fail and the process must exit even when idle."""
+        while self.engine is not None and not self.engine.dead:
+            await asyncio.sleep(interval_s)
+        if self.engine is None:
+            return
+        self.engine_died = True
+        self.metrics.dependency_up.labels("engine").set(0)
+        logger.critical("the engine died; the service cannot serve and exits")
+        if self.on_engine_death is not None:
+            self.on_engine_death()
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -196,7 +229,9 @@ class Service:
 
     # Health
 
-    async def readiness(self) -> dict[str, str]:
+    async def readiness(self) -> Readiness:
+        """The engine decides readiness; Redis only degrades it: chat needs no Redis, while
+        graph runs and run-time adapter changes wait for it (see `degraded`)."""
         checks: dict[str, str] = {}
         try:
             assert self.engine is not None
@@ -210,22 +245,31 @@ class Service:
             checks["redis"] = "ok"
         except Exception as e:
             checks["redis"] = f"error: {type(e).__name__}"
-        return checks
+        for name, state in checks.items():
+            self.metrics.dependency_up.labels(name).set(1 if state == "ok" else 0)
+        if self.draining:
+            checks["server"] = "draining"
+        ready = checks["engine"] == "ok" and not self.draining
+        degraded = ["graph runs", "run-time adapter changes"] if checks["redis"] != "ok" else []
+        return Readiness(ready=ready, checks=checks, degraded=degraded)
 
     # Generation
 
     async def stream(
         self, role: Role, prompt_ids: list[int], sampling: SamplingParams, *, request_id: str
     ) -> AsyncIterator[RequestOutput]:
-        """Run one engine request, recording latency, token and prefix-cache metrics by role."""
+        """Run one engine request under the caller's cache salt, recording latency, token and
+        prefix-cache metrics by role (and cache use by tenant)."""
         assert self.engine is not None
+        principal = current_principal.get()
         started = time.perf_counter()
         first = True
         last: RequestOutput | None = None
         finished = False
         try:
             async for output in self.engine.generate(
-                prompt_ids, sampling, request_id=request_id, adapter=role.adapter
+                prompt_ids, sampling, request_id=request_id, adapter=role.adapter,
+                cache_salt=principal.cache_salt,
             ):
                 if first and output.outputs and output.outputs[0].token_ids:
                     self.metrics.time_to_first_token.labels(role.name).observe(time.perf_counter() - started)
@@ -239,6 +283,8 @@ class Service:
                 self.metrics.generation_tokens.labels(role.name).inc(len(last.outputs[0].token_ids))
                 self.metrics.prefix_cache_queries.labels(role.name).inc(len(prompt_ids))
                 self.metrics.prefix_cache_hits.labels(role.name).inc(last.num_cached_tokens or 0)
+                self.metrics.tenant_prefix_cache_queries.labels(principal.name).inc(len(prompt_ids))
+                self.metrics.tenant_prefix_cache_hits.labels(principal.name).inc(last.num_cached_tokens or 0)
             if finished:
                 self.metrics.e2e_latency.labels(role.name).observe(time.perf_counter() - started)
             else:

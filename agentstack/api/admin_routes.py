@@ -45,10 +45,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    checks = await service_of(request).readiness()
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    readiness = await service_of(request).readiness()
+    status = "not ready" if not readiness.ready else "degraded" if readiness.degraded else "ready"
+    return JSONResponse({"status": status, "checks": readiness.checks, "degraded": readiness.degraded},
+                        status_code=200 if readiness.ready else 503)
 
 
 @router.get("/metrics")

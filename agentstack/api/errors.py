@@ -2,13 +2,17 @@
 
     APIError                      base: status + OpenAI `type`
      ├── InvalidRequest           400 BadRequestError (bad values, unusable input)
-     ├── NotFound                 404 NotFoundError (unknown role/model/adapter/assistant/thread/run)
+     ├── Forbidden                403 PermissionDeniedError (the API key may not use this graph)
+     ├── NotFound                 404 NotFoundError (unknown role/model/adapter/assistant/thread/run,
+     │                                or a thread of another API key)
      ├── Conflict                 409 ConflictError (a thread busy with another run)
      ├── PayloadTooLarge          413 RequestEntityTooLarge
      ├── UnprocessableEntity      422 UnprocessableEntityError (run input that does not fit the graph)
      └── ServiceUnavailable       503 ServiceUnavailableError (engine not ready / dead)
 
 Body: {"error": {"message", "type", "param", "code"}} with `code` the HTTP status.
+Authentication (401), limits (413, 429, 504) and role permissions are answered before
+any route by the request guard (`agentstack.api.guard`), in the same body.
 Anything not an APIError is logged with its traceback and answered as a bare 500:
 the client never sees internals.
 """
@@ -39,6 +43,11 @@ class APIError(Exception):
 class InvalidRequest(APIError):
     status = 400
     type = "BadRequestError"
+
+
+class Forbidden(APIError):
+    status = 403
+    type = "PermissionDeniedError"
 
 
 class NotFound(APIError):

@@ -4,6 +4,10 @@
 router brings its own lifespan, which starts the workflow manager once the service is
 up, and its own route class, which turns workflow errors into the API's error bodies
 (the SDK reads the message from them and picks its exception by status).
+
+Tenancy: with API keys on, a thread belongs to the key that created it (its `owner`
+metadata, which callers cannot set); another key gets 404 for it, as if it did not
+exist, and searches see only the caller's threads. A key runs only the graphs it may.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentstack.api.errors import Conflict, InvalidRequest, NotFound, UnprocessableEntity
+from agentstack.api.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
 from agentstack.api.langgraph_schemas import (
     AssistantSearch,
     HistoryQuery,
@@ -28,6 +41,7 @@ from agentstack.api.langgraph_schemas import (
     ThreadSearch,
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
+from agentstack.auth import current_principal
 from agentstack.workflows import (
     InvalidRunInput,
     RunHandle,
@@ -37,6 +51,9 @@ from agentstack.workflows import (
     WorkflowRequestError,
 )
 from agentstack.workflows.serde import dumps
+from agentstack.workflows.store import ThreadRecord
+
+OWNER = "owner"
 
 
 class WorkflowRoute(APIRoute):
@@ -47,7 +64,14 @@ class WorkflowRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             try:
+                thread_id = request.path_params.get("thread_id")
+                if thread_id is not None:
+                    await _check_owner(request, thread_id)
                 return await handler(request)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                raise ServiceUnavailable(
+                    "Redis is unavailable: threads and graph runs are paused; retry shortly "
+                    "(chat completions are unaffected)") from e
             except WorkflowNotFound as e:
                 raise NotFound(str(e), param=f"{e.kind}_id") from e
             except InvalidRunInput as e:
@@ -76,6 +100,33 @@ router = APIRouter(lifespan=lifespan, route_class=WorkflowRoute, tags=["langgrap
 
 def workflows_of(request: Request) -> WorkflowManager:
     return request.app.state.workflows  # type: ignore[no-any-return]
+
+
+def owner_of(request: Request) -> str | None:
+    """The calling key's name when keys are on; None means one tenant, no ownership."""
+    return current_principal.get().name if request.app.state.keyring.enabled else None
+
+
+def owns(record: ThreadRecord, owner: str | None) -> bool:
+    return owner is None or record.metadata.get(OWNER) == owner
+
+
+async def _check_owner(request: Request, thread_id: str) -> None:
+    """Another key's thread answers as missing, so thread ids leak nothing across tenants."""
+    owner = owner_of(request)
+    if owner is None:
+        return
+    record = await workflows_of(request).store.get_thread(thread_id)
+    if record is not None and not owns(record, owner):
+        raise WorkflowNotFound("thread", thread_id)
+
+
+def stamped(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Metadata with the caller as owner, whatever the caller put there."""
+    owner = owner_of(request)
+    stamped = dict(metadata or {})
+    stamped.pop(OWNER, None)
+    return stamped if owner is None else {**stamped, OWNER: owner}
 
 
 def json_response(payload: Any, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -134,14 +185,16 @@ async def get_assistant_schemas(assistant_id: str, request: Request) -> Response
 @router.post("/threads")
 async def create_thread(body: ThreadCreate, request: Request) -> Response:
     record = await workflows_of(request).create_thread(
-        thread_id=body.thread_id, metadata=body.metadata, if_exists=body.if_exists)
+        thread_id=body.thread_id, metadata=stamped(request, body.metadata), if_exists=body.if_exists)
+    if not owns(record, owner_of(request)):
+        raise Conflict(f"thread {record.thread_id!r} already exists")
     return json_response(record.as_api())
 
 
 @router.post("/threads/search")
 async def search_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
-        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids,
+        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status, ids=body.ids,
         limit=body.limit, offset=body.offset, sort_by=body.sort_by, sort_order=body.sort_order)
     return json_response([r.as_api() for r in records])
 
@@ -149,8 +202,14 @@ async def search_threads(body: ThreadSearch, request: Request) -> Response:
 @router.post("/threads/count")
 async def count_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
-        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids, limit=1_000_000)
+        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status, ids=body.ids,
+        limit=1_000_000)
     return json_response(len(records))
+
+
+def _owner_filter(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    owner = owner_of(request)
+    return metadata if owner is None else {**(metadata or {}), OWNER: owner}
 
 
 @router.get("/threads/{thread_id}")
@@ -160,7 +219,8 @@ async def get_thread(thread_id: str, request: Request) -> Response:
 
 @router.patch("/threads/{thread_id}")
 async def patch_thread(thread_id: str, body: ThreadPatch, request: Request) -> Response:
-    return json_response((await workflows_of(request).update_thread(thread_id, body.metadata)).as_api())
+    metadata = stamped(request, body.metadata)
+    return json_response((await workflows_of(request).update_thread(thread_id, metadata)).as_api())
 
 
 @router.delete("/threads/{thread_id}", status_code=204)
@@ -249,7 +309,13 @@ async def _outcome_unless_disconnected(request: Request, handle: RunHandle, *, c
 
 
 async def _start(request: Request, thread_id: str | None, body: RunCreate) -> RunHandle:
-    return await workflows_of(request).create_run(thread_id, body.spec())
+    workflows = workflows_of(request)
+    graph_id = workflows.assistant(body.assistant_id).graph_id
+    if not current_principal.get().may_use_graph(graph_id):
+        raise Forbidden(f"this API key may not run the graph `{graph_id}`", param="assistant_id")
+    if thread_id is not None and body.if_not_exists == "create" and owner_of(request) is not None:
+        await workflows.create_thread(thread_id=thread_id, metadata=stamped(request, None), if_exists="do_nothing")
+    return await workflows.create_run(thread_id, body.spec())
 
 
 @router.post("/threads/{thread_id}/runs")

@@ -133,6 +133,7 @@ mounts and Service rely on.
   "max_tokens_cap" .Values.limits.maxTokensCap
   "default_max_tokens" .Values.limits.defaultMaxTokens
   "max_body_bytes" .Values.limits.maxBodyBytes
+  "auth_required" .Values.auth.enabled
 }}
 {{- with include "agentstack.modelDir" . }}
 {{- $_ := set $config "model" . }}
