@@ -17,7 +17,8 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-.PHONY: setup run test test-fast bench-serve adapters eval-bfcl clean
+.PHONY: setup run test test-fast bench-serve bench-fuzz bench-load bench-security bench-faults \
+	bench-reliability adapters eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +46,21 @@ test-fast: setup
 
 bench-serve: setup
 	$(BIN)/agentstack bench serve
+
+# Full versions of the reliability checks that CI runs in short form (tests/reliability).
+bench-fuzz: setup
+	$(BIN)/agentstack bench fuzz --cases 1000
+
+bench-load: setup
+	$(BIN)/agentstack bench load --duration 120 --concurrency 32
+
+bench-security: setup
+	$(BIN)/agentstack bench security
+
+bench-faults: setup
+	$(BIN)/agentstack bench faults
+
+bench-reliability: bench-fuzz bench-load bench-security bench-faults
 
 adapters: setup
 	$(BIN)/agentstack adapters build

@@ -19,6 +19,7 @@ from rich.table import Table
 from agentstack.config import Settings
 
 if TYPE_CHECKING:
+    from agentstack.bench.server import ServerProcess
     from agentstack.service import Service
 
 T = TypeVar("T")
@@ -182,6 +183,140 @@ def bench_graph(
         print(json.dumps(result.summary()))
     else:
         console.print(result.table())
+
+
+ReportDir = Annotated[Path, typer.Option(help="Where the markdown report and plot go.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@contextlib.contextmanager
+def _bench_server(work_dir: Optional[Path], **env: str) -> Iterator["ServerProcess"]:
+    """A fresh `agentstack serve` on loopback with the bench's tenants' keys, stopped after."""
+    import tempfile
+
+    from agentstack.bench.server import ServerProcess
+
+    with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as tmp:
+        server = ServerProcess(work_dir=work_dir or Path(tmp), env=env).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _emit(summary: dict[str, object], table: str, report: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(table)
+        console.print(f"report: {report}")
+
+
+@bench_app.command("fuzz")
+def bench_fuzz(
+    cases: Annotated[int, typer.Option(help="Generated requests to send.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    report_dir: ReportDir = Path("reports"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Schemathesis over the served OpenAPI schema: server errors and schema violations."""
+    from rich.progress import Progress
+
+    from agentstack.bench.reliability import fuzz_table, run_fuzz, write_report
+    from agentstack.bench.server import TENANT_KEYS
+
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        # Small token budgets: the fuzzer's valid requests test the API, not generation speed.
+        with _bench_server(None, AGENTSTACK_DEFAULT_MAX_TOKENS="4", AGENTSTACK_MAX_TOKENS_CAP="16") as server:
+            with Progress(disable=as_json, transient=True) as progress:
+                task = progress.add_task("fuzz", total=cases)
+                result = run_fuzz(server.base_url, cases=cases, key=TENANT_KEYS["tenant-a"], seed=seed,
+                                  on_case=lambda: progress.advance(task))
+        report = write_report(report_dir, "fuzz", f"agentstack bench fuzz --cases {cases} --seed {seed}",
+                              result.summary(), fuzz_table(result),
+                              {"count": {"cases": result.cases, "server errors": result.server_errors,
+                                         "schema violations": result.schema_violations}},
+                              [f"- {e}" for e in result.examples])
+    _emit(result.summary(), fuzz_table(result), report, as_json)
+
+
+@bench_app.command("load")
+def bench_load(
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of measured load.", min=1)] = 120,
+    concurrency: Annotated[int, typer.Option(help="Clients sending back to back.", min=1)] = 32,
+    report_dir: ReportDir = Path("reports"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Concurrent mixed-role chat requests plus graph runs: failures, p50/p99, RSS growth."""
+    from agentstack.bench.reliability import load_table, run_load, write_report
+    from agentstack.bench.server import TENANT_KEYS
+
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        with _bench_server(None) as server:
+            result = asyncio.run(run_load(server.base_url, duration_s=duration, concurrency=concurrency,
+                                          key=TENANT_KEYS["tenant-a"], rss=server.rss_bytes, quiet=as_json))
+        s = result.summary()
+        report = write_report(report_dir, "load", f"agentstack bench load --duration {duration:g} "
+                              f"--concurrency {concurrency}", s, load_table(result),
+                              {"latency (s)": {"p50": s["p50_s"], "p99": s["p99_s"]},
+                               "requests": {"ok": s["requests"] - s["failed"], "failed": s["failed"]},
+                               "RSS growth (%)": {"growth": 100 * s["rss_growth"]}},
+                              [f"- {e}" for e in result.errors])
+    _emit(s, load_table(result), report, as_json)
+
+
+@bench_app.command("security")
+def bench_security(report_dir: ReportDir = Path("reports"), as_json: JsonFlag = False) -> None:
+    """Missing, wrong and other tenants' keys (all must be refused) and cross-tenant cache hits."""
+    from agentstack.bench.reliability import run_security, security_table, write_report
+
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        with _bench_server(None) as server:
+            result = asyncio.run(run_security(server.base_url))
+        s = result.summary()
+        report = write_report(report_dir, "security", "agentstack bench security", s, security_table(result),
+                              {"requests": {"attempts": s["attempts"], "refused": s["refused"]},
+                               "prefix-cache hit tokens": {"owner": s["owner_cache_hit_tokens"],
+                                                           "other tenant": s["cross_tenant_cache_hit_tokens"]}})
+    _emit(s, security_table(result), report, as_json)
+
+
+@bench_app.command("faults")
+def bench_faults(
+    load_duration: Annotated[float, typer.Option(help="Seconds of chat load around the Redis outage.")] = 60,
+    outage: Annotated[float, typer.Option(help="Seconds Redis stays down.")] = 10,
+    concurrency: Annotated[int, typer.Option(help="Chat clients during the outage.", min=1)] = 8,
+    report_dir: ReportDir = Path("reports"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Inject each fault under load: Redis outage, client disconnects, bad adapters, SIGTERM, engine death."""
+    from agentstack.bench.reliability import (
+        FaultsResult,
+        bad_adapters,
+        client_disconnects,
+        engine_death,
+        faults_table,
+        graceful_drain,
+        redis_outage,
+        write_report,
+    )
+
+    result = FaultsResult()
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        with _bench_server(None) as server:
+            result.rows.append(asyncio.run(redis_outage(server, load_s=load_duration, outage_s=outage,
+                                                        concurrency=concurrency)))
+            result.rows.append(asyncio.run(client_disconnects(server)))
+            result.rows.append(asyncio.run(bad_adapters(server)))
+            result.rows.append(asyncio.run(graceful_drain(server)))
+        with _bench_server(None) as server:
+            result.rows.append(asyncio.run(engine_death(server)))
+        report = write_report(report_dir, "faults", f"agentstack bench faults --load-duration {load_duration:g} "
+                              f"--outage {outage:g} --concurrency {concurrency}", result.summary(),
+                              faults_table(result),
+                              {"failed requests": {r.fault[:18]: r.failed for r in result.rows},
+                               "recovery (s)": {r.fault[:18]: r.recovery_s or 0.0 for r in result.rows}})
+    _emit(result.summary(), faults_table(result), report, as_json)
 
 
 ToolRoleArgument = Annotated[str, typer.Argument(help="Tool role: selector, arguments or single.")]

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agentstack.api import admin_routes, langgraph_routes, openai_routes
-from agentstack.api.errors import install_error_handlers
+from agentstack.api.errors import ERROR_RESPONSES, install_error_handlers
 from agentstack.api.guard import RequestGuard
 from agentstack.auth import KeyRing, load_keyring
 from agentstack.service import Service
@@ -32,9 +32,8 @@ def create_app(service: Service, *, manage_lifecycle: bool = True, keyring: KeyR
     app = FastAPI(title="agentstack", version="0.1.0", lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app)
-    app.include_router(openai_routes.router)
-    app.include_router(admin_routes.router)
-    app.include_router(langgraph_routes.router)
+    for router in (openai_routes.router, admin_routes.router, langgraph_routes.router):
+        app.include_router(router, responses=ERROR_RESPONSES)
     app.state.keyring = keyring
     app.add_middleware(RequestGuard, service=service, keyring=keyring)
     return app

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,29 @@ _STATUS_TYPES = {
     422: "UnprocessableEntityError",
     429: "RateLimitError",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error body, as documented in the OpenAPI schema."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": type_}
+    for status, type_ in {**_STATUS_TYPES, 500: "InternalServerError", 503: "ServiceUnavailableError",
+                          504: "TimeoutError"}.items()
+    if status not in (405, 415)
+}
+"""Every route may answer these (the guard's refusals included); documented so that
+clients and schema-driven tests know the error shape."""
 
 
 def error_body(status: int, type_: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""Keys, tenants and limits on the real server: every foreign or missing key is refused,
+tenants never share cached KV, and a key past its queue gets 429 with Retry-After.
+The fuzz and load benchmarks run here in short form (their full runs: `make bench-fuzz`,
+`make bench-load`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from agentstack.bench.reliability import run_fuzz, run_load, run_security
+from agentstack.bench.server import TENANT_KEYS, ServerProcess, bearer
+
+pytestmark = pytest.mark.slow
+
+
+async def test_other_tenants_are_refused_and_share_no_cache(keyed: ServerProcess) -> None:
+    result = await run_security(keyed.base_url)
+    assert result.refused == result.attempts, result.summary()
+    assert result.owner_cache_hit_tokens > 0, "the owner's repeat must hit the prefix cache"
+    assert result.cross_tenant_cache_hit_tokens == 0
+
+
+async def test_past_the_queue_a_key_gets_429_with_retry_after(keyed: ServerProcess) -> None:
+    body = {"model": "assistant", "max_tokens": 48, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count slowly."}]}
+    async with httpx.AsyncClient(base_url=keyed.base_url, timeout=600) as client:
+        a = bearer(TENANT_KEYS["tenant-a"])
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", headers=a, json=body)
+                                           for _ in range(12)))
+        other = await client.post("/v1/chat/completions", headers=bearer(TENANT_KEYS["tenant-b"]),
+                                  json={**body, "max_tokens": 2})
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) >= 8 and set(statuses) <= {200, 429}, statuses
+    limited = [r for r in responses if r.status_code == 429]
+    assert limited and all(int(r.headers["retry-after"]) >= 1 for r in limited)
+    assert limited[0].json()["error"]["type"] == "RateLimitError"
+    assert other.status_code == 200
+
+
+def test_fuzz_short_finds_no_server_error(keyed: ServerProcess) -> None:
+    result = run_fuzz(keyed.base_url, cases=120, key=TENANT_KEYS["tenant-a"])
+    assert result.cases >= 100
+    assert result.server_errors == 0, result.examples
+
+
+async def test_load_short_fails_nothing(keyed: ServerProcess) -> None:
+    result = await run_load(keyed.base_url, duration_s=20, concurrency=8, key=TENANT_KEYS["tenant-a"],
+                            rss=keyed.rss_bytes)
+    summary = result.summary()
+    assert summary["failed"] == 0, result.errors
+    assert summary["requests"] > 8 and summary["p99_s"] >= summary["p50_s"] > 0
