@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,8 +98,6 @@ def _openai_function(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_object(arguments: str) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(arguments)
     except ValueError:
@@ -159,8 +158,13 @@ async def evaluate(service: Service, config: EvalConfig, *, quiet: bool = False)
 
 
 def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Path, Path]:
-    """Markdown table (accuracy with counts, tokens, throughput) and a grouped bar chart."""
+    """Markdown table (accuracy with counts, tokens, throughput), a grouped bar chart, and
+    every miss with the checker's reason and the roles' raw replies, to look into."""
     report_dir.mkdir(parents=True, exist_ok=True)
+    with (report_dir / "eval-bfcl-misses.jsonl").open("w", encoding="utf-8") as misses:
+        for s in scores:
+            for failure in s.failures:
+                misses.write(json.dumps({"category": s.category, "mode": s.mode.value, **failure}) + "\n")
     plot = grouped_bar_chart(
         report_dir / "eval-bfcl.png",
         "BFCL AST accuracy by serving mode",
