@@ -124,9 +124,8 @@ async def _check_owner(request: Request, thread_id: str) -> None:
 def stamped(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any]:
     """Metadata with the caller as owner, whatever the caller put there."""
     owner = owner_of(request)
-    stamped = dict(metadata or {})
-    stamped.pop(OWNER, None)
-    return stamped if owner is None else {**stamped, OWNER: owner}
+    given = {k: v for k, v in (metadata or {}).items() if k != OWNER}
+    return given if owner is None else {**given, OWNER: owner}
 
 
 def json_response(payload: Any, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
