@@ -13,7 +13,8 @@ import pytest
 from agentstack.bench.reliability import run_fuzz, run_load, run_security
 from agentstack.bench.server import TENANT_KEYS, ServerProcess, bearer
 
-pytestmark = pytest.mark.slow
+# Not yet run green on the shared 2-core machine: run with `make test-reliability`.
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
 async def test_other_tenants_are_refused_and_share_no_cache(keyed: ServerProcess) -> None:
