@@ -189,6 +189,25 @@ ReportDir = Annotated[Path, typer.Option(help="Where the markdown report and plo
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
+@bench_app.command("cache")
+def bench_cache(
+    roles: Annotated[str, typer.Option(help="Comma-separated role adapters; default: the shipped family.")] = "",
+    served: Annotated[bool, typer.Option(help="Also run the engine in non-shared and full-shared.")] = True,
+    report_dir: ReportDir = Path("reports"),
+    as_json: JsonFlag = False,
+) -> None:
+    """The prefix-cache modes side by side: bytes, prefill tokens, TTFT, KL and agreement."""
+    from agentstack.bench.cache import CacheBenchConfig, run_cache_bench
+
+    config = CacheBenchConfig(roles=tuple(r for r in roles.split(",") if r), served=served, report_dir=report_dir)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_cache_bench(_settings(), config)
+    if as_json:
+        print(json.dumps(result.summary()))
+    elif result.report is not None:
+        console.print(result.report.read_text())
+
+
 @contextlib.contextmanager
 def _bench_server(work_dir: Optional[Path], **env: str) -> Iterator["ServerProcess"]:
     """A fresh `agentstack serve` on loopback with the bench's tenants' keys, stopped after."""

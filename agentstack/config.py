@@ -18,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cache.modes import CacheConfig
+
 PACKAGE_DATA = Path(__file__).parent / "data"
 DEFAULT_ROLES_FILE = PACKAGE_DATA / "roles.yaml"
 
@@ -69,6 +71,11 @@ class Settings(BaseSettings):
     kv_cache_space_gib: int = Field(default=2, ge=1)
     enforce_eager: bool = True
     seed: int = 0
+    cache: CacheConfig = Field(
+        default_factory=CacheConfig,
+        description="Prefix cache shared across roles: `mode` non-shared (vLLM alone), "
+        "full-shared (KV connector, memory then Redis tier) or decomposed (not served yet).",
+    )
 
     # Authentication
     api_keys: list[SecretStr] = Field(

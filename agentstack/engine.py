@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentstack.config import Settings
+from cache.modes import CacheMode
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -52,6 +53,8 @@ class SchedulerSnapshot:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
+    cache_stats: dict[str, Any] | None = None
+    """The shared prefix cache's counters (``cache.stats.stats_payload``), when they changed."""
 
 
 @dataclass(slots=True)
@@ -101,11 +104,43 @@ class Engine:
             enforce_eager=self.settings.enforce_eager,
             seed=self.settings.seed,
             disable_log_stats=False,
+            **self._cache_engine_args(),
         )
         stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
         logger.info("engine ready: model %s", self.model_dir.name)
+
+    def _cache_engine_args(self) -> dict[str, Any]:
+        """Engine arguments of the shared prefix cache (``settings.cache``).
+
+        non-shared is vLLM alone. full-shared adds the cache's KV connector, with vLLM's
+        block size set to the cache's, and runs the worker in the engine-core process so
+        the connector's scheduler and worker sides share one memory tier.
+
+        Raises:
+            ValueError: decomposed mode, which needs the decomposed-attention model.
+        """
+        cache = self.settings.cache
+        if cache.mode is CacheMode.NON_SHARED:
+            return {}
+        if cache.mode is CacheMode.DECOMPOSED:
+            raise ValueError(
+                "cache.mode=decomposed is not served yet: it needs the decomposed-attention "
+                "model (docs/ARCHITECTURE.md); use non-shared or full-shared"
+            )
+        from vllm.config import KVTransferConfig
+
+        from cache.connector import kv_transfer_config
+
+        transfer = kv_transfer_config(
+            cache, model_id=self.model_dir.name, redis_url=cache.redis.url or self.settings.redis_url
+        )
+        return {
+            "kv_transfer_config": KVTransferConfig(**transfer),
+            "block_size": cache.block_size,
+            "distributed_executor_backend": "uni",
+        }
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -202,6 +237,7 @@ class Engine:
                             running=scheduler_stats.num_running_reqs,
                             waiting=scheduler_stats.num_waiting_reqs,
                             kv_cache_usage=scheduler_stats.kv_cache_usage,
+                            cache_stats=scheduler_stats.kv_connector_stats,
                         )
                     )
 

@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 
 from agentstack.engine import SchedulerSnapshot
+from cache.stats import MirroredCache, register_cache_metrics
 
 disable_created_metrics()
 
@@ -105,7 +106,14 @@ class Metrics:
             ["dependency"], registry=r,
         )
 
+        # The shared prefix cache lives in the engine process; its counters arrive with
+        # the scheduler stats and are exported as agentstack:kv_cache_* (see cache.stats).
+        self.kv_cache = MirroredCache()
+        register_cache_metrics(r, self.kv_cache.stats, self.kv_cache.tiers)
+
     def observe_scheduler(self, snapshot: SchedulerSnapshot) -> None:
+        if snapshot.cache_stats:
+            self.kv_cache.update(snapshot.cache_stats)
         self.running.set(snapshot.running)
         self.waiting.set(snapshot.waiting)
         self.kv_cache_usage.set(snapshot.kv_cache_usage)

@@ -60,7 +60,9 @@ class CacheConfig(BaseModel):
 
     mode: CacheMode = CacheMode.NON_SHARED
     block_size: int = Field(
-        default=32, ge=1, description="Tokens per block; vLLM's CPU attention needs a multiple of 32."
+        default=128,
+        ge=1,
+        description="Tokens per block (vLLM's CPU default); its CPU attention needs a multiple of 32.",
     )
     memory_capacity_bytes: int = Field(default=256 << 20, ge=1)
     redis: RedisTierConfig = Field(default_factory=RedisTierConfig)

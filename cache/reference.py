@@ -305,3 +305,116 @@ def padded_decomposed_attention(
         b_heads = role.v.b.view(kv_heads, d, -1).repeat_interleave(group, dim=0)
         attended = attended + role.v.scale * torch.einsum("qhr,hdr->qhd", packed[..., d : d + r], b_heads)
     return _output(attended, w, role)
+
+
+##### Whole model #####
+
+
+LayerCache = FullKV | DecomposedKV
+
+
+def _concat(past: LayerCache | None, new: LayerCache) -> LayerCache:
+    if past is None:
+        return new
+    if isinstance(past, DecomposedKV) and isinstance(new, DecomposedKV):
+        return DecomposedKV(
+            torch.cat([past.k, new.k]), torch.cat([past.v_base, new.v_base]),
+            torch.cat([past.xa, new.xa]), torch.cat([past.positions, new.positions]),
+        )
+    if isinstance(past, FullKV) and isinstance(new, FullKV):
+        return FullKV(
+            torch.cat([past.k, new.k]), torch.cat([past.v, new.v]),
+            torch.cat([past.positions, new.positions]),
+        )
+    raise ValueError("a decomposed cache cannot be extended with full K/V, nor the reverse")
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    attn: AttentionWeights
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class ReferenceModel:
+    """The packaged llama model in plain PyTorch, with a role's q/v/o LoRA and a
+    pluggable prefix cache per layer (full K/V or decomposed), for measuring what each
+    cache mode does to the reader's next-token distribution."""
+
+    def __init__(
+        self, model_dir: Path, *, dtype: torch.dtype = torch.float32, num_layers: int | None = None
+    ) -> None:
+        """Load the weights; ``num_layers`` keeps only the first layers (a cheaper model
+        with the same per-layer mechanics, for tests)."""
+        config = json.loads((model_dir / "config.json").read_text())
+        self.dtype = dtype
+        self.eps = float(config.get("rms_norm_eps", 1e-5))
+        self.num_layers = min(num_layers or config["num_hidden_layers"], int(config["num_hidden_layers"]))
+        with safe_open(str(model_dir / _MODEL_FILE), "pt") as f:
+            def get(name: str) -> torch.Tensor:
+                return f.get_tensor(name).to(dtype)
+
+            self.embed = get("model.embed_tokens.weight")
+            self.final_norm = get("model.norm.weight")
+            self.layers = [
+                _Layer(
+                    attn=load_attention_weights(model_dir, i, dtype=dtype),
+                    input_norm=get(f"model.layers.{i}.input_layernorm.weight"),
+                    post_norm=get(f"model.layers.{i}.post_attention_layernorm.weight"),
+                    gate=get(f"model.layers.{i}.mlp.gate_proj.weight"),
+                    up=get(f"model.layers.{i}.mlp.up_proj.weight"),
+                    down=get(f"model.layers.{i}.mlp.down_proj.weight"),
+                )
+                for i in range(self.num_layers)
+            ]
+
+    def load_role(self, adapter_dir: Path | None) -> list[RoleLoRA]:
+        """One ``RoleLoRA`` per layer; None is the base model (no adapter)."""
+        if adapter_dir is None:
+            return [RoleLoRA() for _ in range(self.num_layers)]
+        return [load_role_lora(adapter_dir, i, dtype=self.dtype) for i in range(self.num_layers)]
+
+    @torch.no_grad()
+    def forward(
+        self,
+        token_ids: list[int],
+        role: list[RoleLoRA],
+        *,
+        past: list[LayerCache] | None = None,
+        shared_a: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """Logits of ``token_ids`` after ``past``, and the caches extended by them.
+
+        Args:
+            token_ids: tokens that follow the cached prefix.
+            role: the role running this forward (its q/v/o LoRA on every layer).
+            past: per-layer prefix cache, possibly written by another role. Decomposed
+                caches are read as ``P·V_base + s·(P·xA)·B_role``; full ones as they are.
+            shared_a: per-layer shared v_proj lora_A. Given, the new tokens' cache is
+                decomposed; otherwise it is full K/V under ``role``.
+        """
+        start = 0 if past is None else int(past[0].positions[-1]) + 1
+        positions = torch.arange(start, start + len(token_ids))
+        h = self.embed[torch.tensor(token_ids)]
+        caches: list[LayerCache] = []
+        for i, layer in enumerate(self.layers):
+            x = _rms_norm(h, layer.input_norm, self.eps)
+            if shared_a is not None:
+                cache = _concat(past[i] if past else None, decompose_kv(x, positions, layer.attn, shared_a[i]))
+            else:
+                cache = _concat(past[i] if past else None, project_kv(x, positions, layer.attn, role[i]))
+            if isinstance(cache, DecomposedKV):
+                h = h + attend_decomposed(x, positions, cache, layer.attn, role[i])
+            else:
+                h = h + attend_full(x, positions, cache, layer.attn, role[i])
+            y = _rms_norm(h, layer.post_norm, self.eps)
+            h = h + (torch.nn.functional.silu(y @ layer.gate.T) * (y @ layer.up.T)) @ layer.down.T
+            caches.append(cache)
+        return _rms_norm(h, self.final_norm, self.eps) @ self.embed.T, caches

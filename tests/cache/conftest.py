@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import torch
 
+from agentstack.config import PACKAGE_DATA
 from agentstack.redis_server import EmbeddedRedis
+from cache.adapters import group_by_shared_a
 from cache.index import PrefixHasher
 from cache.layout import BlockLayout, DecomposedBlock, KVBlock, ModelShape
 from cache.modes import CacheMode, RedisTierConfig
@@ -70,3 +73,12 @@ def dead_redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def memory(capacity: int = 1 << 20) -> MemoryTier:
     return MemoryTier(capacity)
+
+
+def shipped_family() -> list[Path]:
+    """The largest set of shipped adapters sharing one v_proj lora_A (at most three).
+
+    Tests take whatever the package ships, so retrained or renamed adapters still count.
+    """
+    shipped = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file()]
+    return group_by_shared_a(shipped)[0][:3]

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentstack.config import PACKAGE_DATA
 from cache.reference import (
     AttentionWeights,
     LoRAPair,
@@ -24,6 +23,7 @@ from cache.reference import (
     per_role_attention,
     project_kv,
 )
+from tests.cache.conftest import shipped_family
 
 F64 = torch.float64
 TOKENS = 12
@@ -108,15 +108,15 @@ def test_served_head_size_on_cpu_attention() -> None:
     assert padded_head_size(64, 24, CPU_ATTENTION_HEAD_SIZES) == 96
 
 
-ADAPTERS = sorted(p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file())
 
 
 @pytest.mark.parametrize("layer", [0, 29])
 def test_packaged_model_with_shipped_adapters(model_dir: Path, layer: int) -> None:
     """Real layer weights and the shipped role adapters (whatever their current training)."""
-    assert len(ADAPTERS) >= 2, "need two role adapters to compare"
+    family = shipped_family()
+    assert len(family) >= 2, "need two shipped role adapters with one shared v_proj lora_A"
     w = load_attention_weights(model_dir, layer)
-    roles = [load_role_lora(a, layer) for a in ADAPTERS]
+    roles = [load_role_lora(a, layer) for a in family]
     shared_a = roles[0].v.a  # type: ignore[union-attr]
     for role in roles:
         assert role.v is not None and torch.equal(role.v.a, shared_a), "roles must share v_proj lora_A"

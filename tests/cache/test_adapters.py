@@ -1,0 +1,47 @@
+"""Only adapters with the same v_proj lora_A may share a decomposed cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cache.adapters import group_by_shared_a, shared_a_fingerprint
+from tests.cache.conftest import shipped_family
+
+
+def copy_with(tmp_path: Path, name: str, change: str) -> Path:
+    """A copy of a shipped adapter with one layer's v_proj A or B changed."""
+    target = tmp_path / name
+    shutil.copytree(shipped_family()[0], target)
+    weights = load_file(str(target / "adapter_model.safetensors"))
+    if change == "v_proj_a":
+        key = "base_model.model.model.layers.3.self_attn.v_proj.lora_A.weight"
+        weights[key] = weights[key] + 1e-3
+    elif change == "v_proj_b":
+        key = "base_model.model.model.layers.3.self_attn.v_proj.lora_B.weight"
+        weights[key] = torch.zeros_like(weights[key])
+    save_file(weights, str(target / "adapter_model.safetensors"))
+    return target
+
+
+def test_roles_trained_on_the_shared_a_group_together(tmp_path: Path) -> None:
+    first, second = shipped_family()[:2]
+    other_b = copy_with(tmp_path, "other-b", "v_proj_b")
+    other_a = copy_with(tmp_path, "other-a", "v_proj_a")
+    assert shared_a_fingerprint(first) == shared_a_fingerprint(second) == shared_a_fingerprint(other_b)
+    groups = group_by_shared_a([other_a, first, other_b, second])
+    assert [{p.name for p in g} for g in groups] == [{first.name, second.name, "other-b"}, {"other-a"}]
+
+
+def test_an_adapter_on_k_proj_is_refused(tmp_path: Path) -> None:
+    adapter = copy_with(tmp_path, "keys", "none")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["target_modules"] = ["k_proj", "q_proj", "v_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="k_proj"):
+        shared_a_fingerprint(adapter)
