@@ -53,15 +53,18 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
         assert reply.status_code == 200
         assert selects_weather(reply.json()["choices"][0]["message"]["content"])
 
-        # Readiness follows Redis: down -> 503 naming Redis, back -> ready again.
+        # Chat keeps serving without Redis, so readiness stays up but says Redis is degraded;
+        # when Redis is back, the service is plainly ready again.
         port = own_redis.port
         own_redis.stop()
         down = httpx.get(f"{restarted.base_url}/readyz", timeout=30)
-        assert down.status_code == 503
+        assert down.status_code == 200
+        assert down.json()["status"] == "degraded"
         assert down.json()["checks"]["redis"].startswith("error")
         assert down.json()["checks"]["engine"] == "ok"
         own_redis.port = port
         own_redis.start()
-        assert httpx.get(f"{restarted.base_url}/readyz", timeout=30).status_code == 200
+        back = httpx.get(f"{restarted.base_url}/readyz", timeout=30)
+        assert back.status_code == 200 and back.json()["status"] == "ready"
     finally:
         assert restarted.stop() in GRACEFUL_EXIT, restarted.log_tail()
