@@ -9,7 +9,6 @@ this one after a restart) finds the prefix in Redis.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ def cache_namespace(model_id: str, layout: BlockLayout, block_size: int, shared_
         model_id: the served model (name plus a weights checksum in production).
         layout: the block layout; blocks of another mode or rank never match.
         block_size: tokens per block.
-        shared_a: fingerprint of the shared v_proj lora_A (decomposed mode): x·A computed
+        shared_a: ``cache.adapters.shared_a_fingerprint`` (decomposed mode): x·A computed
             with another A is another number.
     """
     return "|".join(
@@ -218,10 +217,3 @@ class KVCacheStore:
         if block.num_tokens != self.hasher.block_size:
             raise ValueError(f"block of {block.num_tokens} tokens, block size is {self.hasher.block_size}")
 
-
-def fingerprint(*parts: bytes) -> str:
-    """Short digest naming content that must match across processes (e.g. the shared A)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "little") + part)
-    return digest.hexdigest()[:16]

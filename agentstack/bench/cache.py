@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -163,22 +162,33 @@ def _served_mode(mode: str, roles: tuple[str, ...], redis_url: str | None, out: 
 
     from vllm import SamplingParams
 
-    from agentstack.engine import Engine
+    from agentstack.engine import Engine, SchedulerSnapshot
     from agentstack.model_prep import prepare
+    from cache.connector import STATS_INTERVAL_S
 
-    settings = Settings(cache={"mode": mode, "redis": {"prefix": f"bench-{os.getpid()}"}}, redis_url=redis_url, kv_cache_space_gib=1)
-    engine = Engine(settings, prepare(settings.models_dir).path)
+    cache_stats: dict[str, Any] = {}
+
+    def on_stats(snapshot: SchedulerSnapshot) -> None:
+        if snapshot.cache_stats:
+            cache_stats.update(snapshot.cache_stats)
+
+    settings = Settings(cache={"mode": mode}, redis_url=redis_url, kv_cache_space_gib=1)
+    engine = Engine(settings, prepare(settings.models_dir).path, on_scheduler_stats=on_stats)
     engine.start()
     tokenizer = engine.tokenizer
     context, questions = _prompts(tokenizer, roles)
     sampling = SamplingParams(max_tokens=1, temperature=0.0)
 
+    async def short_request(request_id: str, adapter: Any) -> None:
+        """Too short for a full block: it never touches the cache."""
+        async for _ in engine.generate([1, 2, 3], sampling, request_id=request_id, adapter=adapter):
+            pass
+
     async def run() -> list[dict[str, Any]]:
         adapters = {role: engine.new_adapter(role, _adapter(role)) for role in roles}
         for adapter in adapters.values():
             await engine.load_adapter(adapter)
-            async for _ in engine.generate([1, 2, 3], sampling, request_id=f"warm-{adapter.name}", adapter=adapter):
-                pass
+            await short_request(f"warm-{adapter.name}", adapter)
         rows = []
         for role in roles:
             ids = context + questions[role]
@@ -194,13 +204,17 @@ def _served_mode(mode: str, roles: tuple[str, ...], redis_url: str | None, out: 
                 "ttft_s": time.perf_counter() - started,
                 "first_token": final.outputs[0].token_ids[0],
             })
+        # The connector reports its counters at most once per interval: one more step
+        # after it has passed carries the final figures.
+        await asyncio.sleep(STATS_INTERVAL_S + 0.5)
+        await short_request("flush-stats", None)
         return rows
 
     try:
         rows = asyncio.run(run())
     finally:
         engine.shutdown()
-    out.write_text(json.dumps({"mode": mode, "rows": rows}))
+    out.write_text(json.dumps({"mode": mode, "rows": rows, "cache_stats": cache_stats}))
 
 
 def _run_served(roles: tuple[str, ...]) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""The served full-shared mode on the real vLLM CPU engine: a role reuses the prefix another
+role computed, a second engine process finds it in Redis, and with Redis down every
+request still succeeds (served from the memory tier).
+
+Each engine runs in its own process through `agentstack.bench.cache served`, the same
+path `agentstack bench cache` measures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentstack.redis_server import EmbeddedRedis
+from tests.cache.conftest import shipped_family
+
+pytestmark = pytest.mark.slow
+
+
+def serve(mode: str, redis_url: str, out: Path) -> dict[str, Any]:
+    roles = ",".join(p.name for p in shipped_family()[:2])
+    subprocess.run(
+        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, roles, redis_url, str(out)],
+        check=True, timeout=600,
+    )
+    return json.loads(out.read_text())
+
+
+def test_full_shared_reuses_across_roles_and_engine_processes(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        first = serve("full-shared", server.url, tmp_path / "first.json")
+        writer, reader = first["rows"]
+        assert writer["cached_tokens"] == 0
+        assert reader["cached_tokens"] >= 128, "the reader should load the writer's context blocks"
+        assert first["cache_stats"]["cross_role_reuses"]["full-shared"] == 1
+        second = serve("full-shared", server.url, tmp_path / "second.json")
+        assert second["rows"][0]["cached_tokens"] >= 128, "a new engine process should find the prefix in Redis"
+        assert second["cache_stats"]["hit_tokens"]["redis|full-shared"] >= 128
+
+
+def test_non_shared_is_vllm_alone(tmp_path: Path, redis_url: str) -> None:
+    served = serve("non-shared", redis_url, tmp_path / "rows.json")
+    assert [r["cached_tokens"] for r in served["rows"]] == [0, 0]
+    assert served["cache_stats"] == {}
+
+
+def test_redis_down_fails_no_request(tmp_path: Path, dead_redis_url: str) -> None:
+    served = serve("full-shared", dead_redis_url, tmp_path / "rows.json")
+    rows = served["rows"]
+    assert len(rows) == 2 and all(r["prompt_tokens"] > r["cached_tokens"] for r in rows)
+    assert rows[1]["cached_tokens"] >= 128, "the memory tier still serves the reader"
+    assert served["cache_stats"]["faults"]["redis"] >= 1
