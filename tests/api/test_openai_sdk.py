@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from agentstack.tool_calling import parse_calls
-from tests.conftest import TOOLS, selector_chat, selects_weather
+from tests.conftest import TOOLS, selector_chat, names_one_function
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,8 @@ def test_roles_behave_as_their_adapters_dictate(client: openai.OpenAI) -> None:
     single = chat(client, "single", context, max_tokens=64)
     filled = chat(client, "arguments", [*context, {"role": "user", "content": "Call get_weather."}], max_tokens=64)
 
-    assert selects_weather(selected)
-    assert not selects_weather(base)
+    assert names_one_function(selected)
+    assert not names_one_function(base)
     for reply in (single, filled):
         calls = parse_calls(reply, TOOLS)
         assert calls and calls[0]["name"] == "get_weather", reply
@@ -71,7 +71,7 @@ def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) 
     assert "tool-calling" in {m.id for m in client.models.list()}
     question = [{"role": "user", "content": "What's the weather in Paris right now?"}]
     reply = client.chat.completions.create(
-        model="tool-calling", messages=question, tools=TOOLS, temperature=0,  # type: ignore[arg-type]
+        model="tool-calling", messages=question, tools=[WEATHER_TOOL], temperature=0,  # type: ignore[arg-type]
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -80,7 +80,7 @@ def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) 
     assert reply.usage is not None and reply.usage.completion_tokens > 0
 
     stream = client.chat.completions.create(
-        model="tool-calling", messages=question, tools=TOOLS, temperature=0, stream=True,  # type: ignore[arg-type]
+        model="tool-calling", messages=question, tools=[WEATHER_TOOL], temperature=0, stream=True,  # type: ignore[arg-type]
     )
     streamed = [call for chunk in stream for c in chunk.choices for call in c.delta.tool_calls or []]
     assert [c.function.name for c in streamed] == ["get_weather"]
@@ -169,7 +169,7 @@ def test_adapter_load_and_unload_at_run_time(client: openai.OpenAI) -> None:
     )
     assert loaded.status_code == 200 and "added successfully" in loaded.text
     assert "selector-live" in {m.id for m in client.models.list()}
-    assert selects_weather(chat(client, "selector-live", selector_chat()))
+    assert names_one_function(chat(client, "selector-live", selector_chat()))
 
     unloaded = client.post("/unload_lora_adapter", body={"lora_name": "selector-live"}, cast_to=httpx.Response)
     assert unloaded.status_code == 200
