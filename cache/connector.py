@@ -355,19 +355,7 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             if tracked is None:
                 continue
             tracked.block_ids = list(new.block_ids[0])
-            if tracked.pending_load is not None:
-                start = tracked.load_start_block
-                count = len(tracked.pending_load.hashes)
-                meta.loads.append(
-                    _Load(
-                        match=tracked.pending_load,
-                        block_ids=tracked.block_ids[start : start + count],
-                        reader=tracked.reader,
-                        num_query_tokens=tracked.num_prompt_tokens,
-                    )
-                )
-                tracked.num_saved_blocks = start + count
-                tracked.pending_load = None
+            self._queue_load(tracked, meta)
             self._queue_saves(tracked, new.num_computed_tokens + scheduled.get(new.req_id, 0), meta)
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
@@ -375,13 +363,31 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             if tracked is None:
                 continue
             new_ids = cached.new_block_ids[i]
-            if new_ids is not None:
-                if req_id in cached.resumed_req_ids:
-                    tracked.block_ids = list(new_ids[0])
-                else:
-                    tracked.block_ids.extend(new_ids[0])
+            if req_id in cached.resumed_req_ids:
+                # A preempted request comes back with all new blocks and may load again.
+                tracked.block_ids = list(new_ids[0]) if new_ids is not None else []
+                self._queue_load(tracked, meta)
+            elif new_ids is not None:
+                tracked.block_ids.extend(new_ids[0])
             self._queue_saves(tracked, cached.num_computed_tokens[i] + scheduled.get(req_id, 0), meta)
         return meta
+
+    def _queue_load(self, tracked: _Tracked, meta: SharedPrefixMetadata) -> None:
+        """Hand the worker the load promised in ``get_num_new_matched_tokens``."""
+        match, tracked.pending_load = tracked.pending_load, None
+        if match is None:
+            return
+        start, count = tracked.load_start_block, len(match.hashes)
+        meta.loads.append(
+            _Load(
+                match=match,
+                block_ids=tracked.block_ids[start : start + count],
+                reader=tracked.reader,
+                num_query_tokens=tracked.num_prompt_tokens,
+            )
+        )
+        # Loaded blocks are in the store already: never save them back.
+        tracked.num_saved_blocks = max(tracked.num_saved_blocks, start + count)
 
     def _queue_saves(self, tracked: _Tracked, num_computed: int, meta: SharedPrefixMetadata) -> None:
         """Save the prompt blocks this step completes (each one once per request)."""
