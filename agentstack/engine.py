@@ -115,8 +115,7 @@ class Engine:
         """Engine arguments of the shared prefix cache (``settings.cache``).
 
         non-shared is vLLM alone. full-shared adds the cache's KV connector, with vLLM's
-        block size set to the cache's, and runs the worker in the engine-core process so
-        the connector's scheduler and worker sides share one memory tier.
+        block size set to the cache's.
 
         Raises:
             ValueError: decomposed mode, which needs the decomposed-attention model.
@@ -139,7 +138,6 @@ class Engine:
         return {
             "kv_transfer_config": KVTransferConfig(**transfer),
             "block_size": cache.block_size,
-            "distributed_executor_backend": "uni",
         }
 
     def shutdown(self) -> None:

@@ -25,9 +25,13 @@ comparing served blocks with ``cache.reference``. Stored blocks are
 ``[layers, tokens, kv_heads, head_size]``; the store's block size is vLLM's. ``decomposed`` mode needs V_base and x·A, which the paged
 cache does not hold; it needs the decomposed-attention model (docs/ARCHITECTURE.md).
 
-Scheduler and worker connectors of one engine share one store: with vLLM's single-worker
-executor they run in the same engine-core process. Counters reach the API process as
-vLLM KV-connector stats (``CacheConnectorStats``).
+vLLM's CPU build always runs the worker in its own process (it forces the multiprocess
+executor for OpenMP), so each side has its own store: the worker's holds the memory tier
+and reports every change of it (``ResidencyUpdate``, vLLM's worker -> scheduler
+metadata); the scheduler's answers lookups from a ``ResidencyMirror`` of it, then from
+Redis. A block evicted in between is reported as a load error and recomputed
+(``kv_load_failure_policy="recompute"``). Counters of both sides reach the API process
+as vLLM KV-connector stats (``CacheConnectorStats``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
@@ -52,6 +57,7 @@ from cache.layout import BlockLayout, KVBlock, ModelShape
 from cache.modes import CacheConfig, CacheMode
 from cache.stats import stats_payload
 from cache.store import BASE_WRITER, KVCacheStore, MatchResult
+from cache.tiers import CacheTier, MemoryTier, ResidencyMirror
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 logger = logging.getLogger(__name__)
@@ -75,8 +82,6 @@ _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 # their K is not ``[tokens, heads, head_size]`` when read back.
 _K_HEAD_MAJOR_ISAS = frozenset({"vec"})
 
-_STORES: dict[str, KVCacheStore] = {}
-_STORES_LOCK = threading.Lock()
 
 
 def kv_transfer_config(
@@ -87,6 +92,8 @@ def kv_transfer_config(
         "kv_connector": CONNECTOR_NAME,
         "kv_connector_module_path": MODULE_PATH,
         "kv_role": "kv_both",
+        # A block evicted between lookup and load is recomputed, never a failed request.
+        "kv_load_failure_policy": "recompute",
         "kv_connector_extra_config": {
             "cache": config.model_dump(mode="json"),
             "model_id": model_id,
@@ -114,8 +121,10 @@ def paged_isa(vllm_config: VllmConfig) -> str:
     )
 
 
-def _shared_store(vllm_config: VllmConfig, block_size: int, isa: str) -> KVCacheStore:
-    """The engine's one store, built by whichever connector (scheduler, worker) asks first."""
+def _build_store(
+    vllm_config: VllmConfig, block_size: int, isa: str, first_tier: CacheTier
+) -> KVCacheStore:
+    """This side's store: ``first_tier`` (worker: memory; scheduler: its mirror), then Redis."""
     transfer = vllm_config.kv_transfer_config
     assert transfer is not None
     extra = transfer.kv_connector_extra_config
@@ -125,24 +134,30 @@ def _shared_store(vllm_config: VllmConfig, block_size: int, isa: str) -> KVCache
             "the KV connector serves non-shared and full-shared; decomposed needs V_base "
             "and x·A, which vLLM's paged cache does not hold (see docs/ARCHITECTURE.md)"
         )
-    key = f"{transfer.engine_id}|{config.mode.value}"
-    with _STORES_LOCK:
-        store = _STORES.get(key)
-        if store is None:
-            shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict())
-            shape = ModelShape(
-                shape.num_layers, shape.num_kv_heads, shape.head_dim, shape.hidden_size,
-                vllm_config.model_config.dtype,
-            )
-            store = KVCacheStore.from_config(
-                config,
-                BlockLayout(shape, config.mode),
-                # Blocks are exchanged in a kernel's layout: never across layouts.
-                model_id=f"{extra.get('model_id', vllm_config.model_config.model)}|{isa}",
-                redis_url=extra.get("redis_url"),
-            )
-            _STORES[key] = store
-        return store
+    hf_shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict())
+    shape = ModelShape(
+        hf_shape.num_layers, hf_shape.num_kv_heads, hf_shape.head_dim, hf_shape.hidden_size,
+        vllm_config.model_config.dtype,
+    )
+    return KVCacheStore.from_config(
+        config,
+        BlockLayout(shape, config.mode),
+        # Blocks are exchanged in a kernel's layout: never across layouts.
+        model_id=f"{extra.get('model_id', vllm_config.model_config.model)}|{isa}",
+        redis_url=extra.get("redis_url"),
+        first_tier=first_tier,
+    )
+
+
+@dataclass(slots=True)
+class ResidencyUpdate(KVConnectorWorkerMetadata):
+    """Keys the worker's memory tier gained (True) or lost (False), in order (worker -> scheduler)."""
+
+    changes: list[tuple[BlockHash, bool]] = field(default_factory=list)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        assert isinstance(other, ResidencyUpdate)
+        return ResidencyUpdate(self.changes + other.changes)
 
 
 @dataclass(slots=True)
@@ -190,13 +205,15 @@ class CacheConnectorStats(KVConnectorStats):
         self.data = {}
 
     def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
-        # Payloads are cumulative snapshots: the newer one supersedes the older.
-        return other if not other.is_empty() else self
+        # Payloads are cumulative snapshots per side: a newer one supersedes its side's.
+        return CacheConnectorStats(data={**self.data, **other.data})
 
     def reduce(self) -> dict[str, int | float]:
-        hits = self.data.get("hit_tokens", {})
-        misses = self.data.get("miss_tokens", {})
-        return {"hit_tokens": sum(hits.values()), "miss_tokens": sum(misses.values())}
+        worker = self.data.get("worker", {})
+        return {
+            "hit_tokens": sum(worker.get("hit_tokens", {}).values()),
+            "miss_tokens": sum(worker.get("miss_tokens", {}).values()),
+        }
 
     def is_empty(self) -> bool:
         return not self.data
@@ -212,7 +229,18 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         self._block_size = vllm_config.cache_config.block_size
         self._isa = paged_isa(vllm_config)
         self._k_head_major = self._isa in _K_HEAD_MAJOR_ISAS
-        self._store = _shared_store(vllm_config, self._block_size, self._isa)
+        self._changes: list[tuple[BlockHash, bool]] = []
+        self._changes_lock = threading.Lock()
+        self._mirror = ResidencyMirror() if role is KVConnectorRole.SCHEDULER else None
+        first: CacheTier
+        if self._mirror is not None:
+            first = self._mirror
+        else:
+            config = CacheConfig.model_validate(
+                self._kv_transfer_config.kv_connector_extra_config.get("cache", {})
+            )
+            first = MemoryTier(config.memory_capacity_bytes, on_change=self._record_change)
+        self._store = _build_store(vllm_config, self._block_size, self._isa, first)
         self._tracked: dict[str, _Tracked] = {}
         self._kv_caches: list[torch.Tensor] = []
         self._load_errors: set[int] = set()
@@ -303,6 +331,16 @@ class SharedPrefixConnector(KVConnectorBase_V1):
                 )
                 hashes.append(key)
             self._store.put(hashes, blocks)
+
+    def _record_change(self, key: BlockHash, held: bool) -> None:
+        with self._changes_lock:
+            self._changes.append((key, held))
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        """This step's memory-tier changes, for the scheduler's mirror."""
+        with self._changes_lock:
+            changes, self._changes = self._changes, []
+        return ResidencyUpdate(changes) if changes else None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -404,6 +442,11 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         )
         tracked.num_saved_blocks = full
 
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        update = connector_output.kv_connector_worker_meta
+        if isinstance(update, ResidencyUpdate) and self._mirror is not None:
+            self._mirror.apply(update.changes)
+
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
@@ -413,9 +456,11 @@ class SharedPrefixConnector(KVConnectorBase_V1):
     ##### Statistics #####
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
-        """The store's counters when they changed (scheduler side; the store is shared)."""
-        if self.role is not KVConnectorRole.SCHEDULER:
-            return None
+        """This side's store counters, when they changed, under the side's name.
+
+        The worker's store does the loads (hits, misses, cross-role reuse, memory bytes);
+        the scheduler's does the lookups (its Redis faults).
+        """
         # Called every engine step; reading Redis's byte count that often is not worth it.
         now = time.monotonic()
         if now - self._last_stats_at < STATS_INTERVAL_S:
@@ -425,7 +470,8 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         if payload == self._last_payload:
             return None
         self._last_payload = payload
-        return CacheConnectorStats(data=payload)
+        side = "worker" if self.role is KVConnectorRole.WORKER else "scheduler"
+        return CacheConnectorStats(data={side: payload})
 
     @classmethod
     def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:

@@ -128,27 +128,43 @@ def stats_payload(stats: CacheStats, tiers: Mapping[str, TierView]) -> dict[str,
 
 @dataclass(slots=True)
 class MirroredCache:
-    """Another process's cache counters, replaced by each payload it sends (API side)."""
+    """Another process's cache counters, for the API process's ``/metrics``.
+
+    Payloads come keyed by the side that sent them (``{"worker": ..., "scheduler": ...}``,
+    each a cumulative ``stats_payload``); a side's newer payload replaces its older one,
+    and the series show the sum over sides (bytes: the largest figure, since both sides
+    see the same Redis).
+    """
 
     stats: CacheStats = field(default_factory=CacheStats)
     tiers: dict[str, TierView] = field(default_factory=dict)
+    _sides: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _bytes: dict[str, int] = field(default_factory=dict)
 
-    def update(self, payload: Mapping[str, Any]) -> None:
+    def update(self, payload: Mapping[str, Mapping[str, Any]]) -> None:
+        self._sides.update(payload)
+        sides = list(self._sides.values())
+
+        def total(name: str) -> Counter[str]:
+            counts: Counter[str] = Counter()
+            for side in sides:
+                counts.update({k: int(n) for k, n in side.get(name, {}).items()})
+            return counts
+
         self.stats.hit_tokens = Counter(
-            {tuple(k.split(_SEP, 1)): int(n) for k, n in payload.get("hit_tokens", {}).items()}
+            {tuple(k.split(_SEP, 1)): n for k, n in total("hit_tokens").items()}  # type: ignore[misc]
         )
-        self.stats.miss_tokens = Counter({k: int(n) for k, n in payload.get("miss_tokens", {}).items()})
-        self.stats.cross_role_reuses = Counter(
-            {k: int(n) for k, n in payload.get("cross_role_reuses", {}).items()}
-        )
-        for name, held in payload.get("bytes", {}).items():
-            self._bytes[name] = int(held)
+        self.stats.miss_tokens = total("miss_tokens")
+        self.stats.cross_role_reuses = total("cross_role_reuses")
+        evictions, faults = total("evictions"), total("faults")
+        held = {name for side in sides for name in side.get("bytes", {})}
+        for name in held:
+            self._bytes[name] = max(int(side.get("bytes", {}).get(name, 0)) for side in sides)
+        for name in self._bytes:
             if name not in self.tiers:
                 self.tiers[name] = TierView(TierStats(), lambda name=name: self._bytes[name])
-            view = self.tiers[name]
-            view.stats.evictions = int(payload.get("evictions", {}).get(name, 0))
-            view.stats.faults = int(payload.get("faults", {}).get(name, 0))
+            self.tiers[name].stats.evictions = evictions[name]
+            self.tiers[name].stats.faults = faults[name]
 
 
 def register_cache_metrics(

@@ -82,11 +82,16 @@ class KVCacheStore:
         model_id: str,
         shared_a: str = "",
         redis_url: str | None = None,
+        first_tier: CacheTier | None = None,
     ) -> KVCacheStore:
-        """Memory tier, then Redis when enabled (``config.redis.url`` or ``redis_url``)."""
+        """Memory tier, then Redis when enabled (``config.redis.url`` or ``redis_url``).
+
+        ``first_tier`` replaces the default memory tier (e.g. one with a change listener,
+        or the scheduler's mirror of the worker's memory tier).
+        """
         if layout.mode is not config.mode:
             raise ValueError(f"layout is for {layout.mode.value}, config says {config.mode.value}")
-        tiers: list[CacheTier] = [MemoryTier(config.memory_capacity_bytes)]
+        tiers: list[CacheTier] = [first_tier or MemoryTier(config.memory_capacity_bytes)]
         url = config.redis.url or redis_url
         if config.redis.enabled and url:
             tiers.append(RedisTier(config.redis, url=url))

@@ -76,14 +76,25 @@ class CacheTier(ABC):
 
 
 class MemoryTier(CacheTier):
-    """Blocks in this process's memory, least recently used evicted first."""
+    """Blocks in this process's memory, least recently used evicted first.
 
-    def __init__(self, capacity_bytes: int, *, name: str = "memory") -> None:
+    ``on_change(key, held)`` is called after a key is stored (True) or dropped (False), so
+    another process can mirror which keys are resident (``ResidencyMirror``).
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        *,
+        name: str = "memory",
+        on_change: Callable[[BlockHash, bool], None] | None = None,
+    ) -> None:
         if capacity_bytes < 1:
             raise ValueError("capacity_bytes must be positive")
         self.name = name
         self.stats = TierStats()
         self.capacity_bytes = capacity_bytes
+        self._on_change = on_change
         self._entries: OrderedDict[BlockHash, bytes] = OrderedDict()
         self._bytes = 0
         # NOTE: vLLM calls the scheduler-side and worker-side connector from different
@@ -100,6 +111,7 @@ class MemoryTier(CacheTier):
     def put(self, key: BlockHash, value: bytes) -> bool:
         if len(value) > self.capacity_bytes:
             return False
+        evicted: list[BlockHash] = []
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -107,9 +119,14 @@ class MemoryTier(CacheTier):
             self._entries[key] = value
             self._bytes += len(value)
             while self._bytes > self.capacity_bytes:
-                _, victim = self._entries.popitem(last=False)
+                victim_key, victim = self._entries.popitem(last=False)
                 self._bytes -= len(victim)
                 self.stats.evictions += 1
+                evicted.append(victim_key)
+        if self._on_change is not None:
+            for victim_key in evicted:
+                self._on_change(victim_key, False)
+            self._on_change(key, True)
         return True
 
     def contains(self, key: BlockHash) -> bool:
@@ -121,7 +138,9 @@ class MemoryTier(CacheTier):
             if value is None:
                 return False
             self._bytes -= len(value)
-            return True
+        if self._on_change is not None:
+            self._on_change(key, False)
+        return True
 
     def bytes_held(self) -> int:
         return self._bytes
@@ -130,6 +149,49 @@ class MemoryTier(CacheTier):
         """Held keys, least recently used first (for tests and debugging)."""
         with self._lock:
             return list(self._entries)
+
+
+class ResidencyMirror(CacheTier):
+    """Which keys another process's ``MemoryTier`` holds, without the values.
+
+    vLLM's CPU build always runs the model worker in its own process, apart from the
+    scheduler; the scheduler-side connector answers lookups from this mirror, which the
+    worker keeps current through its ``on_change`` reports. ``get`` always misses: the
+    values are read where they are, in the worker.
+    """
+
+    def __init__(self, *, name: str = "memory") -> None:
+        self.name = name
+        self.stats = TierStats()
+        self._keys: set[BlockHash] = set()
+
+    def apply(self, changes: Sequence[tuple[BlockHash, bool]]) -> None:
+        """Replay the owner's ``on_change`` calls in the order they happened there."""
+        for key, held in changes:
+            if held:
+                self._keys.add(key)
+            else:
+                self._keys.discard(key)
+
+    def get(self, key: BlockHash) -> bytes | None:
+        return None
+
+    def put(self, key: BlockHash, value: bytes) -> bool:
+        self._keys.add(key)
+        return True
+
+    def contains(self, key: BlockHash) -> bool:
+        return key in self._keys
+
+    def remove(self, key: BlockHash) -> bool:
+        if key not in self._keys:
+            return False
+        self._keys.discard(key)
+        return True
+
+    def bytes_held(self) -> int:
+        """Unknown here: the owner reports its own bytes."""
+        return 0
 
 
 # KEYS: 1 block, 2 lru zset (member: block key, score: logical clock), 3 sizes hash,

@@ -26,6 +26,25 @@ def test_mirrored_counters_export_the_same_series() -> None:
     mirror = MirroredCache()
     api_side = CollectorRegistry()
     register_cache_metrics(api_side, mirror.stats, mirror.tiers)
-    mirror.update(stats_payload(store.stats, store.tier_views()))
+    mirror.update({"worker": stats_payload(store.stats, store.tier_views())})
     assert series(api_side) == series(engine_side)
     assert 'agentstack:kv_cache_hit_tokens_total{mode="full-shared",tier="memory"} 8.0' in series(api_side)
+
+
+def test_sides_add_up_and_a_newer_payload_replaces_its_side() -> None:
+    def payload(hits: int, faults: int, held: int) -> dict[str, object]:
+        return {
+            "hit_tokens": {"redis|full-shared": hits}, "miss_tokens": {}, "cross_role_reuses": {},
+            "evictions": {"redis": 0}, "faults": {"redis": faults}, "bytes": {"redis": held},
+        }
+
+    mirror = MirroredCache()
+    registry = CollectorRegistry()
+    register_cache_metrics(registry, mirror.stats, mirror.tiers)
+    mirror.update({"worker": payload(128, 1, 500)})
+    mirror.update({"scheduler": payload(0, 2, 400)})
+    mirror.update({"worker": payload(256, 1, 600)})
+    lines = series(registry)
+    assert 'agentstack:kv_cache_hit_tokens_total{mode="full-shared",tier="redis"} 256.0' in lines
+    assert 'agentstack:kv_cache_tier_faults_total{tier="redis"} 3.0' in lines
+    assert 'agentstack:kv_cache_bytes{tier="redis"} 600.0' in lines

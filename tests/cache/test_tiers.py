@@ -7,7 +7,7 @@ import time
 import pytest
 
 from cache.index import BlockHash
-from cache.tiers import CacheTier, MemoryTier, RedisTier
+from cache.tiers import CacheTier, MemoryTier, RedisTier, ResidencyMirror
 from tests.cache.conftest import redis_config
 
 
@@ -104,3 +104,15 @@ def test_after_a_fault_redis_is_skipped_for_a_while(dead_redis_url: str) -> None
         tier.get(key(1))
     assert tier.stats.faults == 1
     assert time.monotonic() - started < 1.0
+
+
+def test_a_mirror_follows_the_memory_tier_it_listens_to() -> None:
+    changes: list[tuple[BlockHash, bool]] = []
+    owner = MemoryTier(250, on_change=lambda k, held: changes.append((k, held)))
+    mirror = ResidencyMirror()
+    for i in (1, 2, 3):
+        owner.put(key(i), value(i))
+    owner.remove(key(2))
+    mirror.apply(changes)
+    assert [mirror.contains(key(i)) for i in (1, 2, 3)] == [False, False, True]
+    assert mirror.prefix_length([key(3)]) == 1 and mirror.get(key(3)) is None
