@@ -22,8 +22,9 @@ vLLM's CPU attention backend keeps a paged block per layer as ``[kv_heads, 2·bl
 head_size]`` memory: the block's K half, then its V half. V is token-major; with the
 ``vec`` kernel (AVX2) K is head-major (``[kv_heads, head_size, block_size]``), found by
 comparing served blocks with ``cache.reference``. Stored blocks are
-``[layers, tokens, kv_heads, head_size]``; the store's block size is vLLM's. ``decomposed`` mode needs V_base and x·A, which the paged
-cache does not hold; it needs the decomposed-attention model (docs/ARCHITECTURE.md).
+``[layers, tokens, kv_heads, head_size]``; the store's block size is vLLM's.
+``decomposed`` mode needs V_base and x·A, which the paged cache does not hold; it needs
+the decomposed-attention model (docs/ARCHITECTURE.md).
 
 vLLM's CPU build always runs the worker in its own process (it forces the multiprocess
 executor for OpenMP), so each side has its own store: the worker's holds the memory tier
@@ -83,7 +84,6 @@ _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 _K_HEAD_MAJOR_ISAS = frozenset({"vec"})
 
 
-
 def kv_transfer_config(
     config: CacheConfig, *, model_id: str, redis_url: str | None
 ) -> dict[str, Any]:
@@ -107,7 +107,12 @@ def _adapter_name(lora_request: Any) -> str | None:
 
 
 def paged_isa(vllm_config: VllmConfig) -> str:
-    """The CPU attention kernel variant, which decides how a paged block is laid out."""
+    """The CPU attention kernel variant, which decides how a paged block is laid out.
+
+    NOTE: vLLM 0.32 exposes the choice only as the private ``_get_attn_isa``; the pinned
+    version is what makes leaning on it acceptable. Both connector sides compute it, so
+    it can name the layout in the cache namespace.
+    """
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
     model = vllm_config.model_config
