@@ -24,7 +24,7 @@ from rich.table import Table
 
 from agentstack.bench.report import bar_chart, markdown_table
 from agentstack.config import Settings
-from agentstack.redis_server import free_port
+from agentstack.bench.in_process import service_over_http
 from agentstack.service import Service
 
 TASKS = [
@@ -166,34 +166,16 @@ async def _run_graph(client: httpx.AsyncClient, service: Service, graph_id: str,
 
 
 async def _bench(settings: Settings, config: GraphBenchConfig, quiet: bool) -> GraphBenchResult:
-    import uvicorn
-
-    from agentstack.api import create_app
-
-    service = Service(settings)
-    await service.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, manage_lifecycle=False),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.05)
-        graphs = {name: GraphStats() for name in GRAPHS}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=1800) as client:
-            with Progress(disable=quiet, transient=True) as progress:
-                await _run_graph(client, service, "tool_agent", inputs_for("tool_agent", config)[:1],
-                                 GraphStats(), progress, progress.add_task("warm-up", total=1))
-                for name in GRAPHS:
-                    task = progress.add_task(name, total=config.runs)
-                    await _run_graph(client, service, name, inputs_for(name, config), graphs[name], progress, task)
-        return GraphBenchResult(config=config, graphs=graphs)
-    finally:
-        server.should_exit = True
-        await serving
-        await service.stop()
+    graphs = {name: GraphStats() for name in GRAPHS}
+    async with service_over_http(settings) as (service, base_url), \
+            httpx.AsyncClient(base_url=base_url, timeout=1800) as client:
+        with Progress(disable=quiet, transient=True) as progress:
+            await _run_graph(client, service, "tool_agent", inputs_for("tool_agent", config)[:1],
+                             GraphStats(), progress, progress.add_task("warm-up", total=1))
+            for name in GRAPHS:
+                task = progress.add_task(name, total=config.runs)
+                await _run_graph(client, service, name, inputs_for(name, config), graphs[name], progress, task)
+    return GraphBenchResult(config=config, graphs=graphs)
 
 
 def run_graph_bench(settings: Settings, config: GraphBenchConfig, *, quiet: bool = False) -> GraphBenchResult:

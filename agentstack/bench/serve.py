@@ -26,7 +26,7 @@ from agentstack.api.schemas import ChatMessage
 from agentstack.bench.report import bar_chart, markdown_table
 from agentstack.config import Settings
 from agentstack.prompting import render_messages
-from agentstack.redis_server import free_port
+from agentstack.bench.in_process import service_over_http
 from agentstack.service import Service
 
 QUESTIONS = [
@@ -197,24 +197,11 @@ async def _run_engine(service: Service, work: list[BenchRequest], config: ServeB
 
 
 async def _bench(settings: Settings, config: ServeBenchConfig, quiet: bool) -> ServeBenchResult:
-    import uvicorn
-
-    from agentstack.api import create_app
-
-    service = Service(settings)
-    await service.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, manage_lifecycle=False),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.05)
+    async with service_over_http(settings) as (service, base_url):
         roles = list(service.model_names())
         per_round = max(1, config.requests // config.rounds)
         work = _workload(roles, per_round)
         http, engine = SideStats(), SideStats()
-        base_url = f"http://127.0.0.1:{port}"
         await _run_engine(service, _workload(roles, min(4, per_round)), config, SideStats())  # warm-up
         with Progress(disable=quiet, transient=True) as progress:
             task = progress.add_task("bench serve", total=2 * config.rounds)
@@ -227,11 +214,7 @@ async def _bench(settings: Settings, config: ServeBenchConfig, quiet: bool) -> S
                     else:
                         await _run_engine(service, work, config, engine)
                     progress.advance(task)
-        return ServeBenchResult(config=config, roles=roles, http=http, engine=engine)
-    finally:
-        server.should_exit = True
-        await serving
-        await service.stop()
+    return ServeBenchResult(config=config, roles=roles, http=http, engine=engine)
 
 
 def run_serve_bench(settings: Settings, config: ServeBenchConfig, *, quiet: bool = False) -> ServeBenchResult:
