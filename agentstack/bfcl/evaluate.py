@@ -42,7 +42,6 @@ class EvalConfig:
     modes: tuple[EvalMode, ...] = (EvalMode.BASE, EvalMode.SINGLE, EvalMode.ROLES)
     limit: int | None = None
     concurrency: int = 8
-    report_dir: Path | None = Path("reports")
 
 
 @dataclass(slots=True)
