@@ -408,6 +408,21 @@ def adapters_build(
                       f"{result.seconds:.0f} s")
 
 
+@adapters_app.command("reasoner")
+def adapters_reasoner(
+    out_root: Annotated[Path, typer.Option(help="Where the role adapters go.")] = Path("agentstack/data/adapters"),
+    data_dir: Annotated[Path, typer.Option(help="Where the training chats go.")] = Path("build/adapter-data"),
+    model: ModelOption = None,
+) -> None:
+    """Train the `reasoner` role (think path) on generated worked arithmetic, on the selector's A."""
+    from agentstack.training.recipes import build_reasoner_adapter
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = build_reasoner_adapter(_model_dir(model), out_root, data_dir)
+    console.print(f"{result.out_dir.name}: {result.steps} steps, loss {result.final_loss:.4f}, "
+                  f"{result.seconds:.0f} s")
+
+
 @eval_app.command("bfcl")
 def eval_bfcl(
     category: Annotated[list[str], typer.Option(

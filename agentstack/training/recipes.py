@@ -63,3 +63,35 @@ def build_tool_adapters(model_dir: Path, out_root: Path, data_dir: Path) -> list
         shared = None if role is REFERENCE_ROLE else out_root / REFERENCE_ROLE.value
         results.append(train_lora(role_spec(role, model_dir, data, out_root / role.value, shared)))
     return results
+
+
+REASONER_ROLE = "reasoner"
+# Short chats (~60 tokens): one pass over 800 of them is about 6 minutes on 2 CPU cores.
+REASONER_RECIPE = RoleRecipe(max_seq_len=256)
+REASONER_PROBLEMS = 400
+
+
+def build_reasoner_adapter(model_dir: Path, out_root: Path, data_dir: Path) -> TrainResult:
+    """The `reasoner` role: worked steps in a think block then `Answer: <n>` on the think
+    path, the answer line alone on the direct path; on the selector's frozen v_proj A."""
+    from routers.tasks import write_reasoner_data
+
+    data = data_dir / f"{REASONER_ROLE}.jsonl"
+    write_reasoner_data(data, REASONER_PROBLEMS)
+    recipe = REASONER_RECIPE
+    spec = TrainSpec(
+        base_model=model_dir,
+        examples=data,
+        out_dir=out_root / REASONER_ROLE,
+        rank=recipe.rank,
+        alpha=recipe.alpha,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        max_seq_len=recipe.max_seq_len,
+        seed=recipe.seed,
+        checkpoint_every=25,
+        frozen_v_proj_a_from=out_root / REFERENCE_ROLE.value,
+    )
+    return train_lora(spec)
