@@ -17,7 +17,7 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-.PHONY: setup run test test-reliability test-fast bench-serve bench-fuzz bench-load bench-security bench-faults \
+.PHONY: setup run test test-reliability test-fast bench-serve bench-graph bench-fuzz bench-load bench-security bench-faults \
 	bench-reliability adapters eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
@@ -49,6 +49,9 @@ test-fast: setup
 
 bench-serve: setup
 	$(BIN)/agentstack bench serve
+
+bench-graph: setup
+	$(BIN)/agentstack bench graph --runs 8 --max-rounds 2
 
 # Full versions of the reliability checks that CI runs in short form (tests/reliability).
 bench-fuzz: setup
