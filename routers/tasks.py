@@ -171,11 +171,17 @@ def make_problem(rng: random.Random, steps: int) -> Problem:
     return Problem(text=" ".join([*sentences, question]), steps=tuple(worked), answer=value)
 
 
-def _arith_tasks(rng: random.Random, kind: TaskKind, count: int, prefix: str) -> list[Task]:
-    tasks = []
-    for i in range(count):
+def _arith_tasks(rng: random.Random, kind: TaskKind, count: int, prefix: str,
+                 exclude: frozenset[str] = frozenset()) -> list[Task]:
+    tasks: list[Task] = []
+    seen = set(exclude)
+    while len(tasks) < count:
+        i = len(tasks)
         steps = 1 if kind == "arith-easy" else rng.choice((3, 4))
         problem = make_problem(rng, steps)
+        if problem.text in seen:
+            continue
+        seen.add(problem.text)
         tasks.append(Task(id=f"{prefix}:{kind}:{i}", kind=kind,
                           messages=[{"role": "user", "content": problem.text}],
                           answer=str(problem.answer), worked=problem.steps))
@@ -217,10 +223,12 @@ def _bfcl_example(task_id: str) -> Any:
     raise KeyError(bfcl_id)
 
 
-def _tool_tasks(rng: random.Random, count: int, part: Part, prefix: str) -> list[Task]:
+def _tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
+                exclude: frozenset[str] = frozenset()) -> list[Task]:
     from agentstack.bfcl.dataset import examples
 
-    pool = [e for c in TOOL_CATEGORIES for e in examples(c, "train" if part == "train" else "dev")]
+    pool = [e for c in TOOL_CATEGORIES for e in examples(c, "train" if part == "train" else "dev")
+            if str(e.messages[-1]["content"]) not in exclude]
     chosen = rng.sample(pool, min(count, len(pool)))
     return [Task(id=f"{prefix}:tool:{e.id}", kind="tool",
                  messages=[{"role": str(m["role"]), "content": str(m["content"])} for m in e.messages],
@@ -232,10 +240,14 @@ def gate_tasks(part: Part) -> list[Task]:
     """The gate's training (`train`) or held-out (`test`) prompts, in a fixed order."""
     rng = random.Random(SEEDS[part])
     sizes = SIZES[part]
+    # Held-out problems never repeat a training one (1-step problems can collide).
+    # BFCL also repeats a question across categories with other functions.
+    exclude = frozenset() if part == "train" else frozenset(
+        t.messages[-1]["content"] for t in gate_tasks("train"))
     tasks = (
-        _arith_tasks(rng, "arith-easy", sizes["arith-easy"], part)
-        + _arith_tasks(rng, "arith-hard", sizes["arith-hard"], part)
-        + _tool_tasks(rng, sizes["tool"], part, part)
+        _arith_tasks(rng, "arith-easy", sizes["arith-easy"], part, exclude)
+        + _arith_tasks(rng, "arith-hard", sizes["arith-hard"], part, exclude)
+        + _tool_tasks(rng, sizes["tool"], part, part, exclude)
         + _chat_tasks(rng, sizes["chat"], part, part)
     )
     return tasks

@@ -1,0 +1,79 @@
+"""Gate features from the backbone itself: the prompt's mean-pooled hidden state.
+
+How: the served model's first `layer` decoder layers (plus its final RMSNorm) run once on
+the prompt's token ids, exactly the ids the engine will see (the model's chat template
+over the routed messages), in fp32 with transformers; the output states are averaged over
+the prompt's tokens. Truncating the stack keeps the cost a fraction of one request: the
+layers above `layer` are never loaded. TWN reads the frozen backbone the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from routers.tasks import route_messages
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LAYER = 12
+MAX_FEATURE_TOKENS = 1024
+
+
+@dataclass(slots=True)
+class FeatureExtractor:
+    """Loads the truncated backbone once; `features()` is one forward pass per prompt."""
+
+    model_dir: Path
+    layer: int = DEFAULT_LAYER
+    _model: Any = field(default=None, init=False)
+    _tokenizer: Any = field(default=None, init=False)
+
+    def load(self) -> FeatureExtractor:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the unused upper layers are reported as unused weights
+        try:
+            model = AutoModel.from_pretrained(self.model_dir, dtype=torch.float32, num_hidden_layers=self.layer)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self._model = model.eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        return self
+
+    @property
+    def dim(self) -> int:
+        return int(self._loaded.config.hidden_size)
+
+    @property
+    def _loaded(self) -> Any:
+        if self._model is None:
+            raise RuntimeError("FeatureExtractor.load() first")
+        return self._model
+
+    def prompt_ids(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> list[int]:
+        """The routed prompt's ids (direct path), as the engine's chat template makes them."""
+        rendered = route_messages(messages, tools, think=False)
+        ids = self._tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False)
+        return list(ids)[-MAX_FEATURE_TOKENS:]
+
+    def features(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None) -> torch.Tensor:
+        """Mean of the truncated backbone's output states over the prompt tokens: shape (hidden,)."""
+        ids = torch.tensor([self.prompt_ids(messages, tools)])
+        with torch.inference_mode():
+            hidden = self._loaded(input_ids=ids).last_hidden_state
+        return hidden[0].mean(dim=0).float()
+
+    def timed(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None
+              ) -> tuple[torch.Tensor, float]:
+        started = time.perf_counter()
+        vector = self.features(messages, tools)
+        return vector, time.perf_counter() - started

@@ -1,0 +1,140 @@
+"""`model: "auto"`: the gate's decision turned into one engine request.
+
+`AutoRouter` owns the gate, the feature extractor and the roles it routes to. A decision
+of one role serves that role; k roles serve their uniform mixture, merged once into one
+LoRA adapter (`routers.mixture`) and loaded into the engine once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentstack.roles import Role, RoleSpec
+from routers.features import FeatureExtractor
+from routers.gate import GATE_FILE, Gate, GateLoadError, RouteDecision, load_gate
+from routers.mixture import MixtureCache
+
+if TYPE_CHECKING:
+    from agentstack.service import Service
+
+MIXTURE_PREFIX = "mix."
+
+
+@dataclass(frozen=True, slots=True)
+class MixtureRole(Role):
+    """A served uniform mixture; `parts` are the roles it mixes."""
+
+    parts: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class RoleResolver:
+    """Role sets to servable roles: one role as is, several as their merged mixture."""
+
+    cache: MixtureCache
+    _mixtures: dict[tuple[str, ...], Role] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def role_for(self, service: Service, names: Sequence[str]) -> Role:
+        subset = tuple(sorted(names))
+        if len(subset) == 1:
+            return service.resolve(subset[0])
+        async with self._lock:
+            if subset in self._mixtures:
+                return self._mixtures[subset]
+            assert service.engine is not None
+            parts: dict[str, Path | None] = {}
+            for name in subset:
+                role = service.resolve(name)
+                parts[name] = role.adapter.path if role.adapter is not None else None
+            path = await asyncio.to_thread(self.cache.get, parts)
+            name = MIXTURE_PREFIX + ".".join(subset)
+            adapter = service.engine.new_adapter(name, path)
+            await service.engine.load_adapter(adapter)
+            role = MixtureRole(spec=RoleSpec(name=name, description=f"uniform mixture of {', '.join(subset)}"),
+                               adapter=adapter, origin="runtime", parts=subset)
+            self._mixtures[subset] = role
+            return role
+
+
+@dataclass(slots=True)
+class AutoRouter:
+    """The gate as the service runs it."""
+
+    gate: Gate
+    features: FeatureExtractor
+    resolver: RoleResolver
+
+    @classmethod
+    def load(cls, gate_dir: Path, model_dir: Path, mixtures_dir: Path) -> AutoRouter:
+        """Load and check the gate file, then its feature model.
+
+        Raises:
+            GateLoadError: the gate file is missing parts, malformed, or routes to roles
+                that the caller has not checked yet (see `check_roles`).
+        """
+        gate = load_gate(gate_dir / GATE_FILE)
+        extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer).load()
+        if extractor.dim != gate.spec.features.dim:
+            raise GateLoadError(f"{gate_dir / GATE_FILE}: features of dim {gate.spec.features.dim}, "
+                                f"but the model's hidden size is {extractor.dim}")
+        return cls(gate=gate, features=extractor, resolver=RoleResolver(MixtureCache(mixtures_dir)))
+
+    def check_roles(self, available: Sequence[str]) -> None:
+        missing = [r for r in self.gate.spec.roles if r not in available]
+        if missing:
+            raise GateLoadError(f"the gate routes to roles this server does not serve: {', '.join(missing)}")
+
+    def decide(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> RouteDecision:
+        """Features of the prompt, then the head; `gate_ms` is the whole cost."""
+        started = time.perf_counter()
+        vector = self.features.features(messages, tools)
+        decision = self.gate.decide_features(vector)
+        elapsed = (time.perf_counter() - started) * 1000
+        return RouteDecision(roles=decision.roles, weights=decision.weights, path=decision.path,
+                             role_probs=decision.role_probs, think_prob=decision.think_prob,
+                             reason=decision.reason, gate_ms=elapsed)
+
+
+def _plain(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """API chat messages as the gate and the routed prompt read them (tool results as user turns)."""
+    return [{"role": "user" if m.role == "tool" else ("system" if m.role == "developer" else m.role),
+             "content": m.text()} for m in messages]
+
+
+def _tool_dicts(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+
+async def decide(router: AutoRouter, messages: Sequence[Any], tools: Sequence[Any] | None) -> RouteDecision:
+    """The gate's decision for API messages; the forward pass runs off the event loop."""
+    return await asyncio.to_thread(router.decide, _plain(messages), _tool_dicts(tools))
+
+
+async def plan_routed(service: Service, body: Any) -> tuple[RouteDecision, Any]:
+    """Decide, count the decision, then plan the request under the chosen role set and path,
+    with the prompt and token budget the gate's measurements used."""
+    from agentstack.api.openai_routes import ChatPlan, prepare_sampling
+    from routers.measure import max_tokens_for
+    from routers.tasks import route_messages
+
+    router = service.router
+    assert router is not None and service.engine is not None
+    decision = await decide(router, body.messages, body.tools)
+    service.metrics.route_decisions.labels("+".join(decision.roles), decision.path).inc()
+    role = await router.resolver.role_for(service, decision.roles)
+    tools = body.tools if body.tool_choice != "none" else None
+    think = decision.path == "think"
+    prompt_ids = service.engine.chat_prompt(route_messages(_plain(body.messages), _tool_dicts(tools), think=think))
+    greedy = role.spec.model_copy(update={"sampling": role.spec.sampling.model_copy(update={"temperature": 0.0})})
+    sampling = prepare_sampling(service, Role(spec=greedy, adapter=role.adapter, origin=role.origin), body,
+                                prompt_ids, requested_max=body.token_limit or max_tokens_for(decision.path))
+    plan = ChatPlan(role=role, prompt_ids=prompt_ids, sampling=sampling, request_id=f"chatcmpl-{uuid.uuid4().hex}",
+                    tools=tools, forced=False, think=think)
+    return decision, plan

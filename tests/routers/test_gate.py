@@ -1,0 +1,83 @@
+"""The gate file format, deterministic decisions, and a clear error for a bad gate file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentstack.config import PACKAGE_DATA, Settings
+from agentstack.service import Service
+from routers.features import FeatureExtractor
+from routers.gate import GATE_FILE, GateHead, GateLoadError, load_gate, save_gate
+
+ROLES = ["assistant", "reasoner", "single"]
+SHIPPED_GATE = PACKAGE_DATA / "gate" / GATE_FILE
+
+
+def _spec(top_k: int = 1) -> dict[str, object]:
+    return {"base_model": "smollm2-135m-instruct", "features": {"layer": 12, "pooling": "mean", "dim": 576},
+            "roles": ROLES, "top_k": top_k, "hidden": 8, "think_threshold": 0.5}
+
+
+def _write_gate(directory: Path, top_k: int = 1) -> Path:
+    torch.manual_seed(3)
+    head = GateHead(576, 8, len(ROLES))
+    return save_gate(directory, head, _spec(top_k))
+
+
+def test_round_trip_and_deterministic(tmp_path: Path) -> None:
+    gate = load_gate(_write_gate(tmp_path, top_k=2))
+    x = torch.randn(576, generator=torch.Generator().manual_seed(1))
+    first, again = gate.decide_features(x), gate.decide_features(x.clone())
+    assert first == again
+    assert len(first.roles) == 2 and first.weights == (0.5, 0.5)
+    assert abs(sum(first.role_probs.values()) - 1) < 1e-6
+    assert first.roles[0] == max(first.role_probs, key=first.role_probs.__getitem__)
+    assert first.path == ("think" if first.think_prob >= 0.5 else "direct")
+    assert json.loads(first.header())["roles"] == list(first.roles)
+
+
+def test_shipped_gate_is_deterministic_on_real_features(model_dir: Path) -> None:
+    gate = load_gate(SHIPPED_GATE)
+    extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer).load()
+    messages = [{"role": "user", "content": "Ana has 16 stickers. Then Ana gives away 3. Then Ana doubles "
+                                            "the number of stickers. How many stickers does Ana have now?"}]
+    a, b = extractor.features(messages), extractor.features(messages)
+    assert torch.equal(a, b)
+    assert gate.decide_features(a) == gate.decide_features(b)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / GATE_FILE).write_text("{not json"), "invalid gate file"),
+        (lambda d: (d / GATE_FILE).write_text(
+            (d / GATE_FILE).read_text().replace('"top_k": 1', '"top_k": 9')), "exceeds the 3 roles"),
+        (lambda d: (d / GATE_FILE).write_text(
+            (d / GATE_FILE).read_text().replace('"format": "agentstack-gate/1"', '"format": "v0"')),
+         "invalid gate file"),
+        (lambda d: (d / "gate.safetensors").unlink(), "cannot be read"),
+        (lambda d: (d / "gate.safetensors").write_bytes(b"garbage"), "do not match the digest"),
+        (lambda d: (d / GATE_FILE).write_text(
+            (d / GATE_FILE).read_text().replace('"hidden": 8', '"hidden": 9')), "do not fit"),
+    ],
+    ids=["not-json", "top-k", "format", "no-weights", "digest", "shape"],
+)
+def test_bad_gate_file_is_a_clear_error(tmp_path: Path, damage: object, message: str) -> None:
+    _write_gate(tmp_path)
+    damage(tmp_path)  # type: ignore[operator]
+    with pytest.raises(GateLoadError, match=message):
+        load_gate(tmp_path / GATE_FILE)
+
+
+async def test_bad_gate_file_stops_service_start(tmp_path: Path, model_dir: Path) -> None:
+    """The service refuses to start, naming the file, before Redis or the engine start."""
+    _write_gate(tmp_path)
+    (tmp_path / "gate.safetensors").write_bytes(b"garbage")
+    service = Service(Settings(model=model_dir, cache_dir=tmp_path / "cache"), gate_dir=tmp_path)
+    with pytest.raises(GateLoadError, match=str(tmp_path / GATE_FILE)):
+        await service.start()
+    assert service.engine is None and service.redis is None
