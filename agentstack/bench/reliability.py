@@ -352,7 +352,9 @@ async def redis_outage(server: ServerProcess, *, load_s: float, outage_s: float,
                 break
             await asyncio.sleep(0.5)
         await load
-        lost = sum(len(before[t] - await _checkpoints(client, t)) for t in threads)
+        lost = 0
+        for thread in threads:
+            lost += len(before[thread] - await _checkpoints(client, thread))
     graph_during = f"graph run during outage: {during.status_code}"
     detail = (f"/readyz during outage: {ready['status']} (degraded: {', '.join(ready.get('degraded', []))}); "
               f"{graph_during}; checkpoints checked: {sum(len(v) for v in before.values())}")
