@@ -100,6 +100,11 @@ class Metrics:
             "Prompt tokens looked up in the prefix cache, by API key name (tenant).",
             ["tenant"], registry=r,
         )
+        self.route_decisions = Counter(
+            "agentstack:route_decisions",
+            "Decisions of the learned gate (`model: auto`) by role set (roles joined by +) and path.",
+            ["role", "path"], registry=r,
+        )
         self.dependency_up = Gauge(
             "agentstack:dependency_up",
             "1 while a dependency answers its health check (engine, redis), else 0.",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from agentstack.auth import current_principal
-from agentstack.config import Settings
+from agentstack.config import PACKAGE_DATA, Settings
 from agentstack.engine import Adapter, AdapterLoadError, Engine
 from agentstack.metrics import Metrics
 from agentstack.model_prep import prepare
@@ -25,12 +25,14 @@ from agentstack.redis_server import EmbeddedRedis
 from agentstack.roles import AdapterChange, AdapterStore, Role, RoleSpec, load_roles_file
 
 if TYPE_CHECKING:
+    from routers.serving import AutoRouter
     from vllm import SamplingParams
     from vllm.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
+DEFAULT_GATE_DIR = PACKAGE_DATA / "gate"
 
 
 class UnknownRole(LookupError):
@@ -80,6 +82,10 @@ class Service:
     """Called once when the engine dies; the server uses it to exit non-zero."""
     engine_died: bool = False
     _watchdog: asyncio.Task[None] | None = None
+    gate_dir: Path | None = DEFAULT_GATE_DIR
+    """The learned gate behind `model: auto`; no gate file there leaves `auto` off, a bad
+    one stops the start with `GateLoadError`."""
+    router: AutoRouter | None = None
 
     @property
     def base_name(self) -> str:
@@ -91,6 +97,7 @@ class Service:
         return prepare(self.settings.models_dir).path
 
     async def start(self) -> None:
+        await self._load_router()
         settings = self.settings
         redis_url = settings.redis_url
         if redis_url is None:
@@ -106,8 +113,25 @@ class Service:
             await self._install(spec, origin="file")
         for change in await self._store.changes():
             await self._replay(change)
+        if self.router is not None:
+            self.router.check_roles(list(self.roles))
         logger.info("serving roles: %s", ", ".join(self.roles))
         self._watchdog = asyncio.create_task(self._watch_engine(), name="engine-watchdog")
+
+    async def _load_router(self) -> None:
+        """Load the gate before anything starts, so a bad gate file fails fast; its top-k
+        mixtures need the engine's max LoRA rank to hold k role ranks."""
+        if self.gate_dir is None or not (self.gate_dir / "gate.json").exists():
+            return
+        from routers.serving import AutoRouter
+
+        self.router = await asyncio.to_thread(
+            AutoRouter.load, self.gate_dir, self.model_dir(), self.settings.cache_dir / "mixtures")
+        needed = self.router.gate.required_lora_rank
+        if needed > self.settings.max_lora_rank:
+            logger.info("max_lora_rank raised to %d for the gate's top-%d mixtures", needed,
+                        self.router.gate.spec.top_k)
+            self.settings = self.settings.model_copy(update={"max_lora_rank": needed})
 
     async def _watch_engine(self, interval_s: float = 0.5) -> None:
         """Poll for engine death, which vLLM reports only to requests that happen to be

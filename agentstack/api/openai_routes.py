@@ -31,6 +31,8 @@ from agentstack.api.schemas import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    RouteRequest,
+    RouteResponse,
     Tool,
     Usage,
     _SamplingFields,
@@ -176,7 +178,14 @@ def _usage(final: Any) -> Usage:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     service = service_of(request)
-    if body.model == TOOL_WORKFLOW_MODEL:
+    route_headers: dict[str, str] = {}
+    if body.model == AUTO_MODEL and service.router is not None:
+        from routers.serving import plan_routed
+
+        decision, plan = await plan_routed(service, body)
+        request.state.role = AUTO_MODEL
+        route_headers = {"x-agentstack-route": decision.header()}
+    elif body.model == TOOL_WORKFLOW_MODEL:
         request.state.role = TOOL_WORKFLOW_MODEL
         outcome = await run_tool_workflow(service, body)
         if outcome is not None:
@@ -189,7 +198,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = chat_events(service, plan, body.model, include_usage=include_usage)
-        return StreamingResponse(events, media_type="text/event-stream")
+        return StreamingResponse(events, media_type="text/event-stream", headers=route_headers)
 
     final = await last_output_unless_disconnected(
         request, service.stream(plan.role, plan.prompt_ids, plan.sampling, request_id=plan.request_id)
@@ -210,7 +219,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSO
         ],
         usage=_usage(final),
     )
-    return JSONResponse(response.model_dump(exclude_none=False))
+    return JSONResponse(response.model_dump(exclude_none=False), headers=route_headers)
+
+
+@router.post("/v1/route")
+async def route(body: RouteRequest, request: Request) -> RouteResponse:
+    """The learned gate's decision for a chat, explained, without generating."""
+    service = service_of(request)
+    if service.router is None:
+        raise InvalidRequest("the learned gate is not enabled on this server", param="model")
+    from routers.serving import decide
+
+    decision = await decide(service.router, body.messages, body.tools)
+    return RouteResponse.model_validate(decision.as_dict())
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +383,10 @@ async def list_models(request: Request) -> ModelList:
         cards.append(ModelCard(id=TOOL_WORKFLOW_MODEL, root=TOOL_WORKFLOW_MODEL, parent=service.base_name,
                                max_model_len=service.settings.max_model_len,
                                description="selector, then arguments per chosen function; answers with tool_calls"))
+    if service.router is not None:
+        cards.append(ModelCard(id=AUTO_MODEL, root=AUTO_MODEL, parent=service.base_name,
+                               max_model_len=service.settings.max_model_len,
+                               description="learned gate: picks the role(s) and think or direct per request"))
     for role in service.roles.values():
         cards.append(
             ModelCard(

@@ -114,6 +114,13 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+class RouteRequest(_Request):
+    """`POST /v1/route`: what the gate would decide for this chat, without generating."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
+
+
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] = Field(min_length=1)
     echo: bool = False
@@ -202,6 +209,19 @@ class ModelCard(BaseModel):
     parent: str | None = None
     max_model_len: int | None = None
     description: str | None = None
+
+
+class RouteResponse(BaseModel):
+    """The gate's decision: roles (served as their uniform mixture), path and why."""
+
+    object: Literal["route"] = "route"
+    roles: list[str]
+    weights: list[float]
+    path: Literal["think", "direct"]
+    role_probs: dict[str, float]
+    think_prob: float
+    reason: str
+    gate_ms: float
 
 
 class ModelList(BaseModel):
