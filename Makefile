@@ -18,7 +18,7 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
 .PHONY: setup run test test-reliability test-fast bench-serve bench-graph bench-fuzz bench-load bench-security bench-faults \
-	bench-reliability adapters eval-bfcl clean
+	bench-reliability adapters reasoner gate eval-gate eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,13 +39,13 @@ run: setup
 	$(BIN)/agentstack serve
 
 test: setup
-	$(BIN)/pytest -m "not reliability" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-reliability: setup
 	$(BIN)/pytest -m reliability $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench-serve: setup
 	$(BIN)/agentstack bench serve
@@ -70,6 +70,17 @@ bench-reliability: bench-fuzz bench-load bench-security bench-faults
 
 adapters: setup
 	$(BIN)/agentstack adapters build
+
+# The learned gate (docs/GATE.md): the reasoner role, then both paths of every training
+# prompt measured on the engine and the gate trained on them; then the held-out table.
+reasoner: setup
+	$(BIN)/agentstack adapters reasoner
+
+gate: setup
+	$(BIN)/agentstack gate train
+
+eval-gate: setup
+	$(BIN)/agentstack eval gate
 
 eval-bfcl: setup
 	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \

@@ -30,11 +30,13 @@ roles_app = typer.Typer(help="Inspect roles.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Build and train the role adapters.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluations on public benchmarks.", no_args_is_help=True)
+gate_app = typer.Typer(help="The learned gate behind `model: auto`.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(roles_app, name="roles")
 app.add_typer(bench_app, name="bench")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
+app.add_typer(gate_app, name="gate")
 
 console = Console()
 # Distinct from a start-up failure (1) and a configuration error (2), for restart policies.
@@ -460,6 +462,61 @@ def eval_bfcl(
         table.add_row(score.category, score.mode.value, f"{score.correct}/{score.n}",
                       f"{score.accuracy:.1%}", str(score.generated_tokens), f"{score.wall_s:.1f}")
     console.print(table)
+    console.print(f"report: {report}  plot: {plot}")
+
+
+@gate_app.command("train")
+def gate_train(
+    out: Annotated[Path, typer.Option(help="Gate directory to write.")] = Path("agentstack/data/gate"),
+    outcomes: Annotated[Optional[Path], typer.Option(
+        help="Measured outcomes to train from; default <out>/outcomes-train.jsonl.")] = None,
+    measure: Annotated[bool, typer.Option(
+        help="Run both paths of every training prompt on the engine first (the TWN labels).")] = True,
+    layer: Annotated[Optional[int], typer.Option(help="Decoder layers the features run (default 4).")] = None,
+    max_k: Annotated[int, typer.Option(help="Largest role set measured (and mixed) per prompt.")] = 2,
+    per_kind: Annotated[Optional[int], typer.Option(help="Measure only the first N prompts of each kind.")] = None,
+) -> None:
+    """Measure the training prompts on the engine, then train the gate (supervised + RLOO)."""
+    from routers.commands import GATE_ENGINE_SETTINGS, OUTCOMES_FILE, measure_train, train_from_outcomes
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    outcomes = outcomes or out / OUTCOMES_FILE
+    settings = _settings(**{**GATE_ENGINE_SETTINGS, "max_lora_rank": 16 * max_k})
+    if measure:
+        table = asyncio.run(_run_with_service(settings, lambda service: measure_train(service, outcomes, show=True, max_k=max_k, per_kind=per_kind)))
+        console.print(f"{len(table)} prompts measured, think helps on {sum(r.think_label for r in table)} "
+                      f"-> {outcomes}")
+    extra = {"layer": layer} if layer is not None else {}
+    info = train_from_outcomes(outcomes, _model_dir(None), out, settings.served_model_name, show=True, **extra)
+    console.print_json(data=info)
+
+
+@eval_app.command("gate")
+def eval_gate(
+    gate_dir: Annotated[Path, typer.Option("--gate", help="Gate directory.")] = Path("agentstack/data/gate"),
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    per_kind: Annotated[Optional[int], typer.Option(help="Only the first N held-out prompts of each kind.")] = None,
+) -> None:
+    """The gate vs always-think, never-think, fixed roles, random and the oracle, on held-out prompts."""
+    from routers.commands import GATE_ENGINE_SETTINGS, evaluate_gate
+    from routers.evaluate import result_json, write_report
+
+    settings = _settings(**GATE_ENGINE_SETTINGS)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = asyncio.run(_run_with_service(
+            settings, lambda service: evaluate_gate(service, gate_dir, show=not as_json, per_kind=per_kind)))
+        report, plot = write_report(report_dir, result.policies, result.supervised, result.overhead,
+                                    result.table, result.gate_info, "agentstack eval gate")
+    summary = result_json(result.policies, result.overhead)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table("policy", "accuracy", "reasoning tokens", "generated tokens", title="eval gate")
+    for p in [result.policies[0], result.supervised, *result.policies[1:]]:
+        table.add_row(p.policy, f"{p.accuracy:.3f}", str(p.reasoning_tokens), str(p.generated_tokens))
+    console.print(table)
+    console.print(f"gate overhead share of median latency: {summary['gate_overhead_share']:.2%}")
     console.print(f"report: {report}  plot: {plot}")
 
 
