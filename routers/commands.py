@@ -14,12 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentstack.config import PACKAGE_DATA
 from routers.evaluate import Overhead, PolicyScore, score_policies
-from routers.features import FeatureExtractor
+from routers.features import DEFAULT_LAYER, FeatureExtractor
 from routers.gate import GATE_FILE, SUPERVISED_GATE_FILE, RouteDecision, load_gate
 from routers.measure import MeasureConfig, TaskOutcomes, measure, n_actions, read_outcomes, run_action, write_outcomes
 from routers.mixture import MixtureCache
 from routers.serving import RoleResolver
-from routers.tasks import gate_tasks
+from routers.tasks import first_per_kind, gate_tasks
 from routers.train import GATE_ROLES, GateTrainConfig, train_gate
 
 if TYPE_CHECKING:
@@ -49,10 +49,11 @@ def resolver_for(service: Service) -> RoleResolver:
     return RoleResolver(MixtureCache(service.settings.cache_dir / "mixtures"))
 
 
-async def measure_train(service: Service, out: Path, *, show: bool) -> list[TaskOutcomes]:
+async def measure_train(service: Service, out: Path, *, show: bool, max_k: int = 2,
+                        per_kind: int | None = None) -> list[TaskOutcomes]:
     """Both paths (and every role set) on each training prompt: the TWN labels' source."""
-    tasks = gate_tasks("train")
-    config = MeasureConfig(roles=GATE_ROLES)
+    tasks = first_per_kind(gate_tasks("train"), per_kind)
+    config = MeasureConfig(roles=GATE_ROLES, max_k=max_k)
     with progress_bars(show) as start:
         tick = start("measure train prompts", len(tasks) * n_actions(config))
         table = await measure(service, resolver_for(service), tasks, config, on_done=tick)
@@ -61,11 +62,13 @@ async def measure_train(service: Service, out: Path, *, show: bool) -> list[Task
 
 
 def train_from_outcomes(outcomes: Path, model_dir: Path, out_dir: Path, base_model: str, *,
-                        show: bool) -> dict[str, Any]:
+                        show: bool, layer: int = DEFAULT_LAYER) -> dict[str, Any]:
     table = read_outcomes(outcomes)
-    extractor = FeatureExtractor(model_dir).load()
+    extractor = FeatureExtractor(model_dir, layer=layer).load()
+    measured_k = max(len(o.roles) for o in table[0].outcomes.values())
+    config = GateTrainConfig(ks=tuple(k for k in GateTrainConfig().ks if k <= measured_k))
     with progress_bars(show) as start:
-        return train_gate(table, gate_tasks("train"), extractor, out_dir, GateTrainConfig(),
+        return train_gate(table, gate_tasks("train"), extractor, out_dir, config,
                           base_model=base_model, progress=start)
 
 
@@ -79,12 +82,12 @@ class GateEval:
 
 
 async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
-                        overhead_requests: int = OVERHEAD_REQUESTS) -> GateEval:
+                        overhead_requests: int = OVERHEAD_REQUESTS, per_kind: int | None = None) -> GateEval:
     """Measure the held-out table, decide with both gates, then time the served path."""
     gate = load_gate(gate_dir / GATE_FILE)
     supervised_gate = load_gate(gate_dir / SUPERVISED_GATE_FILE)
-    tasks = gate_tasks("test")
-    config = MeasureConfig(roles=tuple(gate.spec.roles), max_k=max(2, gate.spec.top_k))
+    tasks = first_per_kind(gate_tasks("test"), per_kind)
+    config = MeasureConfig(roles=tuple(gate.spec.roles), max_k=gate.spec.top_k)
     resolver = resolver_for(service)
     extractor = FeatureExtractor(service.model_dir(), layer=gate.spec.features.layer).load()
     with progress_bars(show) as start:

@@ -21,7 +21,7 @@ from routers.tasks import route_messages
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LAYER = 12
+DEFAULT_LAYER = 4
 MAX_FEATURE_TOKENS = 1024
 
 

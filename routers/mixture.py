@@ -116,6 +116,7 @@ class MixtureCache:
         staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=self.root))
         try:
             merge_adapters([parts[n] for n in sorted(parts)], staging)
+            staging.chmod(0o755)  # mkdtemp makes it private; adapters are read by any worker
             try:
                 os.rename(staging, final)
             except OSError:

@@ -58,7 +58,7 @@ SEEDS: dict[str, int] = {"reasoner": 11, "train": 23, "test": 37}
 # Per kind, how many prompts each part holds; tool prompts are capped by BFCL's split.
 SIZES: dict[Part, dict[TaskKind, int]] = {
     "train": {"arith-easy": 40, "arith-hard": 50, "tool": 40, "chat": 22},
-    "test": {"arith-easy": 25, "arith-hard": 30, "tool": 25, "chat": 20},
+    "test": {"arith-easy": 20, "arith-hard": 25, "tool": 20, "chat": 15},
 }
 
 
@@ -251,6 +251,19 @@ def gate_tasks(part: Part) -> list[Task]:
         + _chat_tasks(rng, sizes["chat"], part, part)
     )
     return tasks
+
+
+def first_per_kind(tasks: list[Task], limit: int | None) -> list[Task]:
+    """The first `limit` tasks of each kind, in their order (all of them for None)."""
+    if limit is None:
+        return tasks
+    counts: dict[str, int] = {}
+    chosen = []
+    for task in tasks:
+        counts[task.kind] = counts.get(task.kind, 0) + 1
+        if counts[task.kind] <= limit:
+            chosen.append(task)
+    return chosen
 
 
 def reasoner_chats(count: int = 480, seed: int = SEEDS["reasoner"]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ SHIPPED_GATE = PACKAGE_DATA / "gate" / GATE_FILE
 
 
 def _spec(top_k: int = 1) -> dict[str, object]:
-    return {"base_model": "smollm2-135m-instruct", "features": {"layer": 12, "pooling": "mean", "dim": 576},
+    return {"base_model": "smollm2-135m-instruct", "features": {"layer": 4, "pooling": "mean", "dim": 576},
             "roles": ROLES, "top_k": top_k, "hidden": 8, "think_threshold": 0.5}
 
 

@@ -72,3 +72,22 @@ def test_reasoner_chats_have_both_paths() -> None:
     assert all(re.fullmatch(r"<think>.*</think>\nAnswer: \d+", c["messages"][-1]["content"], re.S) for c in think)
     assert all(re.fullmatch(r"Answer: \d+", c["messages"][-1]["content"]) for c in direct)
     assert think[0]["messages"][:-1] == route_messages(think[0]["messages"][1:-1], None, think=True)
+
+
+def test_shipped_reasoner_saw_no_gate_prompt(tmp_path: object) -> None:
+    """The reasoner's data, regenerated, is the file its model card names, and it holds
+    none of the gate's training or held-out problems."""
+    import hashlib
+    from pathlib import Path
+
+    from agentstack.config import PACKAGE_DATA
+    from agentstack.training.recipes import REASONER_PROBLEMS
+    from routers.tasks import write_reasoner_data
+
+    out = Path(str(tmp_path)) / "reasoner.jsonl"
+    write_reasoner_data(out, REASONER_PROBLEMS)
+    card = (PACKAGE_DATA / "adapters" / "reasoner" / "README.md").read_text()
+    assert hashlib.sha256(out.read_bytes()).hexdigest()[:16] in card
+    prompts = {c["messages"][-2]["content"] for c in reasoner_chats(REASONER_PROBLEMS)}
+    gate = {t.messages[-1]["content"] for part in ("train", "test") for t in gate_tasks(part)}  # type: ignore[arg-type]
+    assert not prompts & gate
