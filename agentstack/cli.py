@@ -507,7 +507,8 @@ def eval_gate(
         result = asyncio.run(_run_with_service(
             settings, lambda service: evaluate_gate(service, gate_dir, show=not as_json, per_kind=per_kind)))
         report, plot = write_report(report_dir, result.policies, result.supervised, result.overhead,
-                                    result.table, result.gate_info, "agentstack eval gate")
+                                    result.table, result.gate_info,
+                                    "agentstack eval gate" + (f" --per-kind {per_kind}" if per_kind else ""))
     summary = result_json(result.policies, result.overhead)
     if as_json:
         print(json.dumps(summary))

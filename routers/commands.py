@@ -104,7 +104,8 @@ async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
         tick = start("served path, one at a time", overhead_requests)
         gate_s: list[float] = []
         request_s: list[float] = []
-        for task in tasks[:: max(1, len(tasks) // overhead_requests)][:overhead_requests]:
+        count = min(overhead_requests, len(tasks))
+        for task in [tasks[i * len(tasks) // count] for i in range(count)]:  # spread over every kind
             started = time.perf_counter()
             vector = extractor.features(task.messages, task.tools)
             decision = gate.decide_features(vector)
