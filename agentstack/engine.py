@@ -21,6 +21,8 @@ from cache.modes import CacheMode
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+
+    from cache.adapters import SharedA
     from vllm.lora.request import LoRARequest
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -67,6 +69,7 @@ class Engine:
     _llm: AsyncLLM | None = field(default=None, init=False)
     _tokenizer: Any = field(default=None, init=False)
     _next_adapter_id: int = field(default=1, init=False)
+    _shared_a: SharedA | None = field(default=None, init=False)
 
     @property
     def llm(self) -> AsyncLLM:
@@ -101,7 +104,8 @@ class Engine:
             max_lora_rank=self.settings.max_lora_rank,
             enable_prefix_caching=True,
             kv_cache_memory_bytes=self.settings.kv_cache_space_gib * (1 << 30),
-            enforce_eager=self.settings.enforce_eager,
+            # The decomposed model picks each token's role B in Python: eager only.
+            enforce_eager=self.settings.enforce_eager or self.settings.cache.mode.stores_low_rank,
             seed=self.settings.seed,
             disable_log_stats=False,
             **self._cache_engine_args(),
@@ -115,30 +119,40 @@ class Engine:
         """Engine arguments of the shared prefix cache (``settings.cache``).
 
         non-shared is vLLM alone. full-shared adds the cache's KV connector, with vLLM's
-        block size set to the cache's.
-
-        Raises:
-            ValueError: decomposed mode, which needs the decomposed-attention model.
+        block size set to the cache's. decomposed adds the connector too and serves the
+        decomposed-attention llama (``cache.decomposed_model``, registered by this
+        package's vLLM plugin) with the family's shared v_proj lora_A.
         """
         cache = self.settings.cache
         if cache.mode is CacheMode.NON_SHARED:
             return {}
-        if cache.mode is CacheMode.DECOMPOSED:
-            raise ValueError(
-                "cache.mode=decomposed is not served yet: it needs the decomposed-attention "
-                "model (docs/ARCHITECTURE.md); use non-shared or full-shared"
-            )
         from vllm.config import KVTransferConfig
 
         from cache.connector import kv_transfer_config
 
+        args: dict[str, Any] = {"block_size": cache.block_size}
+        if cache.mode.stores_low_rank:
+            from cache.vllm_plugin import hf_overrides
+
+            self._shared_a = self._resolve_shared_a()
+            args["hf_overrides"] = hf_overrides(str(self._shared_a.adapter))
         transfer = kv_transfer_config(
-            cache, model_id=self.model_dir.name, redis_url=cache.redis.url or self.settings.redis_url
+            cache, model_id=self.model_dir.name, redis_url=cache.redis.url or self.settings.redis_url,
+            shared_a=self._shared_a,
         )
-        return {
-            "kv_transfer_config": KVTransferConfig(**transfer),
-            "block_size": cache.block_size,
-        }
+        args["kv_transfer_config"] = KVTransferConfig(**transfer)
+        return args
+
+    def _resolve_shared_a(self) -> SharedA:
+        """``cache.shared_a_adapter``, else the largest family of packaged adapters."""
+        from agentstack.config import PACKAGE_DATA
+        from cache.adapters import SharedA, group_by_shared_a
+
+        configured = self.settings.cache.shared_a_adapter
+        if configured is not None:
+            return SharedA.of(configured)
+        packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file()]
+        return SharedA.of(group_by_shared_a(packaged)[0][0])
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -151,7 +165,15 @@ class Engine:
         return adapter
 
     async def load_adapter(self, adapter: Adapter) -> None:
-        """Load into vLLM's adapter cache now, so a broken adapter fails here, not mid-request."""
+        """Load into vLLM's adapter cache now, so a broken adapter fails here, not mid-request.
+
+        In decomposed mode an adapter must share the cache's v_proj lora_A (or have none).
+        """
+        if self._shared_a is not None:
+            try:
+                self._shared_a.check_role(adapter.path)
+            except (ValueError, OSError) as e:
+                raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
         try:
             ok = await self.llm.add_lora(adapter.lora_request())
         except Exception as e:  # vLLM raises assorted types for unreadable adapters

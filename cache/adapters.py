@@ -13,6 +13,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import safe_open
@@ -52,3 +53,39 @@ def group_by_shared_a(adapter_dirs: Iterable[Path]) -> list[list[Path]]:
         groups[shared_a_fingerprint(adapter)].append(adapter)
     ordered = [sorted(group, key=lambda p: p.name) for group in groups.values()]
     return sorted(ordered, key=lambda g: (-len(g), [p.name for p in g]))
+
+
+@dataclass(frozen=True, slots=True)
+class SharedA:
+    """The v_proj lora_A a decomposed cache is computed with (x·A is cached once for all roles)."""
+
+    adapter: Path
+    """An adapter of the family: the model reads the shared A from it."""
+    rank: int
+    fingerprint: str
+    """``shared_a_fingerprint``: part of the cache namespace."""
+
+    @classmethod
+    def of(cls, adapter_dir: Path) -> SharedA:
+        config = json.loads((adapter_dir / _CONFIG).read_text())
+        return cls(adapter_dir.resolve(), int(config["r"]), shared_a_fingerprint(adapter_dir))
+
+    def check_role(self, adapter_dir: Path) -> None:
+        """Refuse an adapter the decomposed cache cannot serve exactly.
+
+        An adapter without v_proj LoRA is fine (its B is zero).
+
+        Raises:
+            ValueError: it adapts k_proj, or its v_proj lora_A is not the shared one.
+        """
+        try:
+            fingerprint = shared_a_fingerprint(adapter_dir)
+        except ValueError as e:
+            if "no v_proj LoRA" in str(e):
+                return
+            raise
+        if fingerprint != self.fingerprint:
+            raise ValueError(
+                f"{adapter_dir.name}'s v_proj lora_A is not the shared A of {self.adapter.name}: "
+                "a decomposed cache serves only adapters of one shared-A family"
+            )

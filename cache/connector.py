@@ -1,4 +1,4 @@
-"""vLLM KV connector that serves the shared prefix cache (``non-shared`` and ``full-shared``).
+"""vLLM KV connector that serves the shared prefix cache, in all three modes.
 
 vLLM's own prefix cache keys a block by its tokens *and* the request's adapter, so every
 role prefills a shared context again. This connector keys blocks as ``cache.store`` does
@@ -23,8 +23,11 @@ head_size]`` memory: the block's K half, then its V half. V is token-major; with
 ``vec`` kernel (AVX2) K is head-major (``[kv_heads, head_size, block_size]``), found by
 comparing served blocks with ``cache.reference``. Stored blocks are
 ``[layers, tokens, kv_heads, head_size]``; the store's block size is vLLM's.
-``decomposed`` mode needs V_base and x·A, which the paged cache does not hold; it needs
-the decomposed-attention model (docs/ARCHITECTURE.md).
+
+In ``decomposed`` mode the engine runs ``cache.decomposed_model``, whose paged blocks hold,
+per KV head, K zero-padded and ``[V_base | x·A | 0]`` at a wider head size; nothing in
+them depends on the role. The connector stores them compactly as ``DecomposedBlock``s
+(K, V_base, x·A once per token) and pads them back on load.
 
 vLLM's CPU build always runs the worker in its own process (it forces the multiprocess
 executor for OpenMP), so each side has its own store: the worker's holds the memory tier
@@ -54,8 +57,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
 from cache.index import BlockHash
-from cache.layout import BlockLayout, KVBlock, ModelShape
-from cache.modes import CacheConfig, CacheMode
+from cache.adapters import SharedA
+from cache.layout import Block, BlockLayout, DecomposedBlock, KVBlock, ModelShape
+from cache.modes import CacheConfig
 from cache.stats import stats_payload
 from cache.store import BASE_WRITER, KVCacheStore, MatchResult
 from cache.tiers import CacheTier, MemoryTier, ResidencyMirror
@@ -85,9 +89,15 @@ _K_HEAD_MAJOR_ISAS = frozenset({"vec"})
 
 
 def kv_transfer_config(
-    config: CacheConfig, *, model_id: str, redis_url: str | None
+    config: CacheConfig, *, model_id: str, redis_url: str | None, shared_a: SharedA | None = None
 ) -> dict[str, Any]:
-    """The ``KVTransferConfig`` fields that plug this connector into an engine."""
+    """The ``KVTransferConfig`` fields that plug this connector into an engine.
+
+    ``shared_a`` (decomposed mode only): the A every role's x·A is computed with.
+    """
+    if config.mode.stores_low_rank != (shared_a is not None):
+        raise ValueError("the decomposed mode, and only it, needs the shared A")
+    decomposed = None if shared_a is None else {"rank": shared_a.rank, "shared_a": shared_a.fingerprint}
     return {
         "kv_connector": CONNECTOR_NAME,
         "kv_connector_module_path": MODULE_PATH,
@@ -98,12 +108,25 @@ def kv_transfer_config(
             "cache": config.model_dump(mode="json"),
             "model_id": model_id,
             "redis_url": redis_url,
+            "decomposed": decomposed,
         },
     }
 
 
 def _adapter_name(lora_request: Any) -> str | None:
     return None if lora_request is None else str(lora_request.lora_name)
+
+
+def paged_head_size(vllm_config: VllmConfig) -> int:
+    """Head size of the paged cache: the model's, or the decomposed model's padded one."""
+    transfer = vllm_config.kv_transfer_config
+    decomposed = transfer.kv_connector_extra_config.get("decomposed") if transfer else None
+    head_size = vllm_config.model_config.get_head_size()
+    if decomposed is None:
+        return head_size
+    from cache.decomposed_model import decomposed_head_size
+
+    return decomposed_head_size(head_size, int(decomposed["rank"]))
 
 
 def paged_isa(vllm_config: VllmConfig) -> str:
@@ -120,7 +143,7 @@ def paged_isa(vllm_config: VllmConfig) -> str:
         _get_attn_isa(
             model.dtype,
             vllm_config.cache_config.block_size,
-            model.get_head_size(),
+            paged_head_size(vllm_config),
             vllm_config.cache_config.cache_dtype,
         )
     )
@@ -134,11 +157,9 @@ def _build_store(
     assert transfer is not None
     extra = transfer.kv_connector_extra_config
     config = CacheConfig.model_validate({**extra.get("cache", {}), "block_size": block_size})
-    if config.mode is CacheMode.DECOMPOSED:
-        raise ValueError(
-            "the KV connector serves non-shared and full-shared; decomposed needs V_base "
-            "and x·A, which vLLM's paged cache does not hold (see docs/ARCHITECTURE.md)"
-        )
+    decomposed = extra.get("decomposed")
+    if config.mode.stores_low_rank != (decomposed is not None):
+        raise ValueError("decomposed mode needs the shared A's rank and fingerprint, other modes none")
     hf_shape = ModelShape.from_hf_config(vllm_config.model_config.hf_config.to_dict())
     shape = ModelShape(
         hf_shape.num_layers, hf_shape.num_kv_heads, hf_shape.head_dim, hf_shape.hidden_size,
@@ -146,9 +167,10 @@ def _build_store(
     )
     return KVCacheStore.from_config(
         config,
-        BlockLayout(shape, config.mode),
+        BlockLayout(shape, config.mode, rank=int(decomposed["rank"]) if decomposed else 0),
         # Blocks are exchanged in a kernel's layout: never across layouts.
         model_id=f"{extra.get('model_id', vllm_config.model_config.model)}|{isa}",
+        shared_a=decomposed["shared_a"] if decomposed else "",
         redis_url=extra.get("redis_url"),
         first_tier=first_tier,
     )
@@ -246,6 +268,8 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             )
             first = MemoryTier(config.memory_capacity_bytes, on_change=self._record_change)
         self._store = _build_store(vllm_config, self._block_size, self._isa, first)
+        self._head_dim = self._store.layout.shape.head_dim
+        self._rank = self._store.layout.rank
         self._tracked: dict[str, _Tracked] = {}
         self._kv_caches: list[torch.Tensor] = []
         self._load_errors: set[int] = set()
@@ -299,9 +323,9 @@ class SharedPrefixConnector(KVConnectorBase_V1):
                 load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens
             )
             for block, block_id in zip(blocks, load.block_ids):
-                assert isinstance(block, KVBlock)
+                k, v = self._paged_form(block)
                 for layer in range(len(self._kv_caches)):
-                    self._write_block(layer, block_id, block.k[layer], block.v[layer])
+                    self._write_block(layer, block_id, k[layer], v[layer])
             self._load_errors.update(load.block_ids[len(blocks) :])
 
     def wait_for_layer_load(self, layer_name: str) -> None:
@@ -328,14 +352,41 @@ class SharedPrefixConnector(KVConnectorBase_V1):
                     continue
                 layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
                 blocks.append(
-                    KVBlock(
-                        k=torch.stack([k for k, _ in layers]),
-                        v=torch.stack([v for _, v in layers]),
-                        writer=save.writer,
+                    self._stored_form(
+                        torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers]), save.writer
                     )
                 )
                 hashes.append(key)
             self._store.put(hashes, blocks)
+
+    def _stored_form(self, k: torch.Tensor, v: torch.Tensor, writer: str) -> Block:
+        """A paged block's content as the store keeps it.
+
+        Decomposed: every KV head's V row is ``[V_base_h | x·A | 0]`` (the same x·A in each
+        head), so V_base and one x·A per token hold all of V. K stays as the kernel lays
+        it out, zero padding included: the ``vec16`` kernel (head size 80) does not keep K
+        token-major (found by the padding check below), and copying K's memory as it is
+        round-trips exactly whatever its layout.
+        """
+        if not self._store.mode.stores_low_rank:
+            return KVBlock(k=k, v=v, writer=writer)
+        d, r = self._head_dim, self._rank
+        if v[..., d + r :].any():
+            raise RuntimeError(
+                f"paged V of kernel {self._isa!r} is not [V_base | x·A | 0] per head: "
+                "its block layout is misread"
+            )
+        return DecomposedBlock(k=k, v_base=v[..., :d], xa=v[:, :, 0, d : d + r], writer=writer)
+
+    def _paged_form(self, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V as ``[layers, tokens, kv_heads, paged head size]`` (inverse of ``_stored_form``)."""
+        if isinstance(block, KVBlock):
+            return block.k, block.v
+        d = block.v_base.shape[-1]
+        v = torch.zeros_like(block.k)
+        v[..., :d] = block.v_base
+        v[..., d : d + self._rank] = block.xa[:, :, None, :]
+        return block.k, v
 
     def _record_change(self, key: BlockHash, held: bool) -> None:
         with self._changes_lock:

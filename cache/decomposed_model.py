@@ -200,7 +200,7 @@ class DecomposedLlamaAttention(nn.Module):
         for slot in torch.unique(slots).tolist():
             if slot < 0:
                 continue
-            b = stacked[slot, 0, :, : self.rank].view(self.num_kv_heads, self.head_dim, self.rank)
+            b = stacked[slot, 0, :, : self.rank].reshape(self.num_kv_heads, self.head_dim, self.rank)
             b = b.repeat_interleave(group, dim=0).to(pxa.dtype)  # [heads, d, r]
             rows = (slots == slot).nonzero().squeeze(1)
             out.index_copy_(0, rows, torch.einsum("thr,hdr->thd", pxa.index_select(0, rows), b))

@@ -148,7 +148,8 @@ class DecomposedBlock:
     """Role-independent K, V_base and x·A of ``num_tokens`` tokens (decomposed)."""
 
     k: torch.Tensor
-    """``[layers, tokens, kv_heads, head_dim]``, after rotary embedding."""
+    """``[layers, tokens, kv_heads, head_dim]``, after rotary embedding. Served blocks keep
+    K as the decomposed model pages it (zero-padded heads, in the kernel's layout)."""
     v_base: torch.Tensor
     """``[layers, tokens, kv_heads, head_dim]``: ``x·W_v`` without any adapter."""
     xa: torch.Tensor

@@ -13,6 +13,7 @@ LRAgent compares three caches for agents that share a backbone and a context:
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,4 +66,9 @@ class CacheConfig(BaseModel):
         description="Tokens per block (vLLM's CPU default); its CPU attention needs a multiple of 32.",
     )
     memory_capacity_bytes: int = Field(default=256 << 20, ge=1)
+    shared_a_adapter: Path | None = Field(
+        default=None,
+        description="decomposed: an adapter whose v_proj lora_A every role shares (x·A is "
+        "cached with it); unset: the largest family of packaged adapters.",
+    )
     redis: RedisTierConfig = Field(default_factory=RedisTierConfig)
