@@ -11,7 +11,6 @@ from agentstack.bench.reliability import bad_adapters, client_disconnects, engin
 from agentstack.cli import ENGINE_DEAD_EXIT_CODE
 from tests.reliability.conftest import keyed_server
 
-# Not yet run green on the shared 2-core machine: run with `make test-reliability`.
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 

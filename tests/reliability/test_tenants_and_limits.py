@@ -13,7 +13,6 @@ import pytest
 from agentstack.bench.reliability import run_fuzz, run_load, run_security
 from agentstack.bench.server import TENANT_KEYS, ServerProcess, bearer
 
-# Not yet run green on the shared 2-core machine: run with `make test-reliability`.
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
