@@ -8,7 +8,10 @@ own per-adapter prefix cache and ``full-shared`` reuses another role's K and V a
 Modules: ``modes`` (the switch and settings), ``layout`` (block contents, bytes per token,
 binary form), ``index`` (chained block hashes with a tenant salt), ``tiers`` (engine
 memory, Redis), ``store`` (prefix lookup over the tiers), ``stats`` (counters and
-Prometheus series), ``reference`` (pure-PyTorch attention under each mode).
+Prometheus series), ``reference`` (pure-PyTorch attention under each mode), ``adapters``
+(shared-A families), ``connector`` (the vLLM KV connector), ``decomposed_model`` (the
+decomposed-attention llama vLLM serves in decomposed mode) and ``vllm_plugin`` (its
+registration).
 
 Names are imported lazily, so reading the settings does not import torch.
 """

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cache.adapters import group_by_shared_a, shared_a_fingerprint
+from cache.adapters import SharedA, group_by_shared_a, shared_a_fingerprint
 from tests.cache.conftest import shipped_family
 
 
@@ -45,3 +45,15 @@ def test_an_adapter_on_k_proj_is_refused(tmp_path: Path) -> None:
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="k_proj"):
         shared_a_fingerprint(adapter)
+
+
+def test_decomposed_engine_accepts_only_the_shared_a_family(tmp_path: Path) -> None:
+    """What the engine checks before loading an adapter in decomposed mode."""
+    family = shipped_family()
+    shared = SharedA.of(family[0])
+    assert shared.rank == json.loads((family[0] / "adapter_config.json").read_text())["r"]
+    for member in family:
+        shared.check_role(member)
+    shared.check_role(copy_with(tmp_path, "new-b", "v_proj_b"))  # a new role trains only B
+    with pytest.raises(ValueError, match="not the shared A"):
+        shared.check_role(copy_with(tmp_path, "other-a", "v_proj_a"))
