@@ -21,11 +21,11 @@ from cache.modes import CacheMode
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
-
-    from cache.adapters import SharedA
     from vllm.lora.request import LoRARequest
     from vllm.outputs import RequestOutput
     from vllm.v1.engine.async_llm import AsyncLLM
+
+    from cache.adapters import SharedA
 
 logger = logging.getLogger(__name__)
 
