@@ -194,7 +194,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")
 @bench_app.command("cache")
 def bench_cache(
     roles: Annotated[str, typer.Option(help="Comma-separated role adapters; default: the shipped family.")] = "",
-    served: Annotated[bool, typer.Option(help="Also run the engine in non-shared and full-shared.")] = True,
+    served: Annotated[bool, typer.Option(help="Also run the engine in each of the three modes.")] = True,
     report_dir: ReportDir = Path("reports"),
     as_json: JsonFlag = False,
 ) -> None:

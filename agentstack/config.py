@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     cache: CacheConfig = Field(
         default_factory=CacheConfig,
         description="Prefix cache shared across roles: `mode` non-shared (vLLM alone), "
-        "full-shared (KV connector, memory then Redis tier) or decomposed (not served yet).",
+        "full-shared (KV connector, memory then Redis tier) or decomposed (K, V_base and x·A shared; "
+        "each role adds its own B).",
     )
 
     # Authentication
