@@ -40,12 +40,15 @@ def test_round_trip_and_deterministic(tmp_path: Path) -> None:
     assert json.loads(first.header())["roles"] == list(first.roles)
 
 
-def test_shipped_gate_is_deterministic_on_real_features(model_dir: Path) -> None:
-    gate = load_gate(SHIPPED_GATE)
+def test_deterministic_on_real_features(model_dir: Path, tmp_path: Path) -> None:
+    """The shipped gate (a seeded one until `make gate` ships it) on the backbone's real
+    features: the same prompt gives bit-identical features and the same decision."""
+    gate = load_gate(SHIPPED_GATE if SHIPPED_GATE.exists() else _write_gate(tmp_path))
     extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer).load()
     messages = [{"role": "user", "content": "Ana has 16 stickers. Then Ana gives away 3. Then Ana doubles "
                                             "the number of stickers. How many stickers does Ana have now?"}]
     a, b = extractor.features(messages), extractor.features(messages)
+    assert a.shape == (gate.spec.features.dim,)
     assert torch.equal(a, b)
     assert gate.decide_features(a) == gate.decide_features(b)
 
