@@ -191,9 +191,9 @@ def train_head(data: TrainingData, config: GateTrainConfig, rows: torch.Tensor, 
 
 
 def decision_reward(head: GateHead, data: TrainingData, rows: torch.Tensor, k: int,
-                    roles: Sequence[str], threshold: float) -> float:
-    """Mean measured correctness of the deterministic top-k decision on the decided path...
-    on the labelled path's reward table: roles are judged here, the think head by its labels."""
+                    roles: Sequence[str]) -> float:
+    """Mean measured correctness of the deterministic top-k role set on each prompt's
+    labelled path: this judges the role head; the think head is judged by its labels."""
     index = _subset_index(data, roles)
     with torch.inference_mode():
         role_logits, _ = head(data.x[rows])
@@ -225,7 +225,7 @@ def train_gate(table: Sequence[TaskOutcomes], tasks: Sequence[Task], extractor: 
     val_rewards = {}
     for k in config.ks:
         _, head, _ = train_head(data, config, fit, k, on_step=tick)
-        val_rewards[k] = decision_reward(head, data, val, k, config.roles, config.think_threshold)
+        val_rewards[k] = decision_reward(head, data, val, k, config.roles)
     best_k = max(config.ks, key=lambda k: (val_rewards[k], -k))
 
     tick = progress(f"train k={best_k}", steps) if progress else None
