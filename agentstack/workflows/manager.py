@@ -342,12 +342,14 @@ class WorkflowManager:
                                assistant_id=entry.assistant_id, metadata=dict(spec.metadata or {}),
                                multitask_strategy=spec.multitask_strategy)
             handle = RunHandle(record=record, temporary_thread=temporary)
-            self._tails[thread.thread_id] = handle
-            self._remember(handle)
             thread.status = "busy"
             thread.metadata.update(graph_id=entry.graph_id, assistant_id=entry.assistant_id)
+            # Stored first: a run Redis refused is never registered, so it cannot hold
+            # up the thread's next run or the shutdown.
             await self.store.put_thread(thread, created=temporary)
             await self.store.put_run(record, created=True)
+            self._tails[thread.thread_id] = handle
+            self._remember(handle)
         handle.task = asyncio.create_task(self._execute(handle, entry, spec, after=previous),
                                           name=f"run-{record.run_id}")
         return handle
