@@ -39,13 +39,13 @@ run: setup
 	$(BIN)/agentstack serve
 
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not reliability" $(PYTEST_ARGS)
 
 test-reliability: setup
 	$(BIN)/pytest -m reliability $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not reliability" $(PYTEST_ARGS)
 
 bench-serve: setup
 	$(BIN)/agentstack bench serve
