@@ -32,10 +32,9 @@ class RoleRecipe:
 RECIPES: dict[ToolRole, RoleRecipe] = {role: RoleRecipe() for role in ToolRole}
 
 
-def role_spec(
-    role: ToolRole, model_dir: Path, data: Path, out_dir: Path, shared_v_a_from: Path | None
-) -> TrainSpec:
-    recipe = RECIPES[role]
+def recipe_spec(recipe: RoleRecipe, model_dir: Path, data: Path, out_dir: Path,
+                shared_v_a_from: Path | None) -> TrainSpec:
+    """One recipe's trainer spec; every role of the family goes through here."""
     return TrainSpec(
         base_model=model_dir,
         examples=data,
@@ -51,6 +50,12 @@ def role_spec(
         checkpoint_every=25,
         frozen_v_proj_a_from=shared_v_a_from,
     )
+
+
+def role_spec(
+    role: ToolRole, model_dir: Path, data: Path, out_dir: Path, shared_v_a_from: Path | None
+) -> TrainSpec:
+    return recipe_spec(RECIPES[role], model_dir, data, out_dir, shared_v_a_from)
 
 
 def build_tool_adapters(model_dir: Path, out_root: Path, data_dir: Path) -> list[TrainResult]:
@@ -78,20 +83,6 @@ def build_reasoner_adapter(model_dir: Path, out_root: Path, data_dir: Path) -> T
 
     data = data_dir / f"{REASONER_ROLE}.jsonl"
     write_reasoner_data(data, REASONER_PROBLEMS)
-    recipe = REASONER_RECIPE
-    spec = TrainSpec(
-        base_model=model_dir,
-        examples=data,
-        out_dir=out_root / REASONER_ROLE,
-        rank=recipe.rank,
-        alpha=recipe.alpha,
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        warmup_steps=recipe.warmup_steps,
-        max_seq_len=recipe.max_seq_len,
-        seed=recipe.seed,
-        checkpoint_every=25,
-        frozen_v_proj_a_from=out_root / REFERENCE_ROLE.value,
-    )
+    spec = recipe_spec(REASONER_RECIPE, model_dir, data, out_root / REASONER_ROLE,
+                       out_root / REFERENCE_ROLE.value)
     return train_lora(spec)
