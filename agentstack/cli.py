@@ -21,6 +21,7 @@ from agentstack.config import Settings
 if TYPE_CHECKING:
     from agentstack.bench.server import ServerProcess
     from agentstack.service import Service
+    from agentstack.training.lora import TrainResult
 
 T = TypeVar("T")
 
@@ -406,8 +407,7 @@ def adapters_build(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for result in build_tool_adapters(_model_dir(model), out_root, data_dir):
-        console.print(f"{result.out_dir.name}: {result.steps} steps, loss {result.final_loss:.4f}, "
-                      f"{result.seconds:.0f} s")
+        _print_trained(result)
 
 
 @adapters_app.command("reasoner")
@@ -420,7 +420,10 @@ def adapters_reasoner(
     from agentstack.training.recipes import build_reasoner_adapter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = build_reasoner_adapter(_model_dir(model), out_root, data_dir)
+    _print_trained(build_reasoner_adapter(_model_dir(model), out_root, data_dir))
+
+
+def _print_trained(result: TrainResult) -> None:
     console.print(f"{result.out_dir.name}: {result.steps} steps, loss {result.final_loss:.4f}, "
                   f"{result.seconds:.0f} s")
 

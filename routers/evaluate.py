@@ -188,6 +188,8 @@ def _policy_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from agentstack.bench.report import save_figure
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, (metric, values) in zip(axes[0], panels.items()):
         names = list(values)
@@ -198,8 +200,4 @@ def _policy_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, floa
         ax.invert_yaxis()
         ax.margins(x=0.2)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (creating the directory) and close a figure; every report plot ends here."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def bar_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, float]]) -> Path:
@@ -21,11 +33,7 @@ def bar_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, float]])
         ax.set_title(metric)
         ax.margins(y=0.15)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def grouped_bar_chart(
@@ -49,11 +57,7 @@ def grouped_bar_chart(
     ax.set_title(title)
     ax.legend()
     ax.margins(y=0.15)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
