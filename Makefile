@@ -39,7 +39,7 @@ run: setup
 	$(BIN)/agentstack serve
 
 test: setup
-	$(BIN)/pytest -m "not reliability" $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-reliability: setup
 	$(BIN)/pytest -m reliability $(PYTEST_ARGS)

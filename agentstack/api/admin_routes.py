@@ -13,19 +13,24 @@ from agentstack.service import AdapterRequestError, UnknownRole
 
 router = APIRouter()
 
+PLAIN_TEXT_SUCCESS = {200: {"description": "Success message, as vLLM words it",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}}
+"""vLLM answers these endpoints in plain text, but their errors in the JSON error body;
+declaring the text response per status keeps the error responses documented as JSON."""
 
-@router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
-async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> str:
+
+@router.post("/v1/load_lora_adapter", responses=PLAIN_TEXT_SUCCESS)
+async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     service = service_of(request)
     try:
         await service.load_adapter(body.lora_name, body.lora_path, inplace=body.load_inplace)
     except (AdapterRequestError, AdapterLoadError) as e:
         raise InvalidRequest(str(e), param="lora_path") from e
-    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
-async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> str:
+@router.post("/v1/unload_lora_adapter", responses=PLAIN_TEXT_SUCCESS)
+async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     service = service_of(request)
     try:
         await service.unload_adapter(body.lora_name)
@@ -34,7 +39,7 @@ async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) 
             f"The lora adapter '{body.lora_name}' cannot be found. Loaded: {', '.join(e.available)}",
             param="lora_name",
         ) from e
-    return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
 @router.get("/healthz")
