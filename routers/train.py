@@ -169,7 +169,7 @@ def train_head(data: TrainingData, config: GateTrainConfig, rows: torch.Tensor, 
         optimizer.step()
         if on_step:
             on_step()
-    supervised_loss = float(loss)
+    supervised_loss = float(loss.detach())
     supervised = _new_head(data, config, rows)
     supervised.load_state_dict(head.state_dict())
     supervised.eval()

@@ -16,7 +16,6 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     ("malformed-json", "/v1/chat/completions", b'{"model": "assistant", "messages": [', 400, "BadRequestError"),
     ("body-not-object", "/v1/chat/completions", b"[1, 2]", 400, "BadRequestError"),
     ("unknown-role", "/v1/chat/completions", {"model": "nobody", "messages": USER}, 404, "NotFoundError"),
-    ("auto-without-gate", "/v1/chat/completions", {"model": "auto", "messages": USER}, 400, "BadRequestError"),
     ("missing-model", "/v1/chat/completions", {"messages": USER}, 400, "BadRequestError"),
     ("messages-wrong-type", "/v1/chat/completions", {"model": "assistant", "messages": "hi"}, 400, "BadRequestError"),
     ("empty-messages", "/v1/chat/completions", {"model": "assistant", "messages": []}, 400, "BadRequestError"),

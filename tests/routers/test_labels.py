@@ -43,8 +43,6 @@ async def test_both_paths_run_on_the_engine(model_dir: Path, tmp_path: Path) -> 
     assert table[1].outcome(("reasoner",), "direct").reasoning_tokens == 0
 
 
-@pytest.mark.skipif(not (GATE_DIR / OUTCOMES_FILE).exists(),
-                    reason="no labels shipped in agentstack/data/gate yet: run `make gate`")
 def test_shipped_labels_are_measured_outcomes() -> None:
     """The shipped label file holds both paths of every measured role set for each of its
     training prompts, and each label is what those measured outcomes imply."""
