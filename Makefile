@@ -73,14 +73,16 @@ adapters: setup
 
 # The learned gate (docs/GATE.md): the reasoner role, then both paths of every training
 # prompt measured on the engine and the gate trained on them; then the held-out table.
+# The sizes are those of the shipped gate; `agentstack gate train` alone measures every
+# training prompt with role sets up to 2 (hours on 2 CPU cores).
 reasoner: setup
 	$(BIN)/agentstack adapters reasoner
 
 gate: setup
-	$(BIN)/agentstack gate train
+	$(BIN)/agentstack gate train --max-k 1 --per-kind 12
 
 eval-gate: setup
-	$(BIN)/agentstack eval gate
+	$(BIN)/agentstack eval gate --per-kind 10
 
 eval-bfcl: setup
 	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \
