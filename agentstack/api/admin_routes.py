@@ -13,13 +13,14 @@ from agentstack.service import AdapterRequestError, UnknownRole
 
 router = APIRouter()
 
-PLAIN_TEXT_SUCCESS = {200: {"description": "Success message, as vLLM words it",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}}}
-"""vLLM answers these endpoints in plain text, but their errors in the JSON error body;
-declaring the text response per status keeps the error responses documented as JSON."""
+
+def plain_text(description: str) -> dict[int | str, dict[str, object]]:
+    """A 200 documented as text. vLLM answers the adapter routes in plain text but their
+    errors in the JSON error body, so the route's errors stay documented as JSON."""
+    return {200: {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 
-@router.post("/v1/load_lora_adapter", responses=PLAIN_TEXT_SUCCESS)
+@router.post("/v1/load_lora_adapter", responses=plain_text("Success message, as vLLM words it"))
 async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     service = service_of(request)
     try:
@@ -29,7 +30,7 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> P
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/v1/unload_lora_adapter", responses=PLAIN_TEXT_SUCCESS)
+@router.post("/v1/unload_lora_adapter", responses=plain_text("Success message, as vLLM words it"))
 async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     service = service_of(request)
     try:
@@ -56,7 +57,7 @@ async def readyz(request: Request) -> JSONResponse:
                         status_code=200 if readiness.ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses=plain_text("Prometheus text exposition format"))
 async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
