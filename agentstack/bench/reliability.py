@@ -166,13 +166,14 @@ async def _chat_roles(client: httpx.AsyncClient, headers: dict[str, str] | None 
 async def load_worker(client: httpx.AsyncClient, worker: int, roles: list[str], until: float,
                       result: LoadResult, *, graph_every: int = 8,
                       on_request: Callable[[], None] | None = None) -> None:
-    """Mixed-role chat requests back to back; every `graph_every`-th is a graph run."""
+    """Requests back to back until `until`: every `graph_every`-th worker runs graphs
+    (plan_act_reflect, one round), the others send mixed-role chat requests."""
     n = 0
     while time.monotonic() < until:
         n += 1
         started = time.perf_counter()
         try:
-            if graph_every and n % graph_every == 0 and worker % 4 == 0:
+            if graph_every and worker % graph_every == 0:
                 response = await client.post("/runs/wait", json={
                     "assistant_id": "plan_act_reflect",
                     "input": {"task": LOAD_QUESTIONS[n % len(LOAD_QUESTIONS)], "max_rounds": 1}})

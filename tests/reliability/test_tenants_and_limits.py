@@ -52,3 +52,4 @@ async def test_load_short_fails_nothing(keyed: ServerProcess) -> None:
     summary = result.summary()
     assert summary["failed"] == 0, result.errors
     assert summary["requests"] > 8 and summary["p99_s"] >= summary["p50_s"] > 0
+    assert summary["graph_runs"] >= 1, "graph runs are part of the load"
