@@ -348,17 +348,18 @@ async def redis_outage(server: ServerProcess, *, load_s: float, outage_s: float,
         restarted = time.monotonic()
         recovery = None
         while time.monotonic() - restarted < 120:
-            probe = await client.post("/runs/wait", json={"assistant_id": "plan_act_reflect",
-                                                         "input": {"task": "Name a color.", "max_rounds": 1}})
-            if probe.status_code == 200 and "__error__" not in probe.json():
+            if (await client.get("/readyz")).json().get("status") == "ready":
                 recovery = time.monotonic() - restarted
                 break
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
+        probe = await client.post("/runs/wait", json={"assistant_id": "plan_act_reflect",
+                                                     "input": {"task": "Name a color.", "max_rounds": 1}})
+        after = "ok" if probe.status_code == 200 and "__error__" not in probe.json() else str(probe.status_code)
         await load
         lost = 0
         for thread in threads:
             lost += len(before[thread] - await _checkpoints(client, thread))
-    graph_during = f"graph run during outage: {during.status_code}"
+    graph_during = f"graph run during outage: {during.status_code}, after: {after}"
     detail = (f"/readyz during outage: {ready['status']} (degraded: {', '.join(ready.get('degraded', []))}); "
               f"{graph_during}; checkpoints checked: {sum(len(v) for v in before.values())}")
     return FaultRow("Redis stopped for %gs under chat load" % outage_s, len(chat.latencies) + chat.failed,

@@ -19,7 +19,7 @@ async def test_faults_then_drain(tmp_path: Path, model_dir: Path) -> None:
     try:
         outage = await redis_outage(server, load_s=20, outage_s=4, concurrency=4)
         assert outage.failed == 0 and outage.lost_checkpoints == 0, outage
-        assert outage.recovery_s is not None and "degraded" in outage.detail
+        assert outage.recovery_s is not None and "degraded" in outage.detail and "after: ok" in outage.detail
         disconnects = await client_disconnects(server, streams=2)
         assert disconnects.failed == 0 and "aborted: 2/2" in disconnects.detail, disconnects
         adapters = await bad_adapters(server)
