@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from agentstack.auth import current_principal
 from agentstack.config import PACKAGE_DATA, Settings
@@ -103,7 +105,9 @@ class Service:
         if redis_url is None:
             self._embedded_redis = EmbeddedRedis(settings.redis_dir).start()
             redis_url = self._embedded_redis.url
-        self.redis = aioredis.Redis.from_url(redis_url)
+        # Pooled connections go stale when Redis restarts: retry once on a fresh one, so
+        # the first request after an outage does not fail on a dead socket.
+        self.redis = aioredis.Redis.from_url(redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         await self.redis.ping()
         self._store = AdapterStore(self.redis, prefix=settings.redis_prefix)
 
