@@ -67,6 +67,10 @@ class AdapterRequestError(ValueError):
     """A run-time adapter load/unload the service refuses (bad name or path, conflict)."""
 
 
+class RoleInUse(AdapterRequestError):
+    """Unloading this role would break a part of the service that routes to it."""
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -251,6 +255,9 @@ class Service:
             role = self.roles.get(name)
             if role is None or role.adapter is None:
                 raise UnknownRole(name, [n for n, r in self.roles.items() if r.adapter])
+            if self.router is not None and name in self.router.gate.spec.roles:
+                raise RoleInUse(f"the learned gate (`auto`) routes to `{name}`; it cannot be unloaded "
+                                "while the gate is served (it may be replaced with load_inplace)")
             assert self._store is not None
             await self._remove(name)
             await self._store.record(AdapterChange(name=name, action="unload"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -116,19 +117,29 @@ class Gate:
         """The engine's max LoRA rank a top-k mixture of rank-16 roles needs."""
         return LORA_RANK * self.spec.top_k
 
-    def decide_features(self, features: torch.Tensor, *, top_k: int | None = None) -> RouteDecision:
-        """Deterministic decision for one feature vector."""
-        k = top_k or self.spec.top_k
+    def decide_features(self, features: torch.Tensor, *, top_k: int | None = None,
+                        allowed: Collection[str] | None = None) -> RouteDecision:
+        """Deterministic decision for one feature vector; with `allowed`, the top-k is taken
+        among those roles only (an API key restricted to some roles).
+
+        Raises:
+            ValueError: `allowed` names none of the gate's roles.
+        """
+        candidates = [i for i, role in enumerate(self.spec.roles) if allowed is None or role in allowed]
+        if not candidates:
+            raise ValueError(f"none of the gate's roles ({', '.join(self.spec.roles)}) is allowed")
+        k = min(top_k or self.spec.top_k, len(candidates))
         with torch.inference_mode():
             role_logits, think_logit = self.head(features.float().unsqueeze(0))
             probs = torch.softmax(role_logits[0], dim=-1).tolist()
             think_prob = float(torch.sigmoid(think_logit[0]))
-        order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:k]
+        order = sorted(candidates, key=lambda i: (-probs[i], i))[:k]
         roles = tuple(self.spec.roles[i] for i in order)
         path: Literal["think", "direct"] = "think" if think_prob >= self.spec.think_threshold else "direct"
         chosen = ", ".join(f"{self.spec.roles[i]} p={probs[i]:.2f}" for i in order)
         cmp = ">=" if path == "think" else "<"
-        reason = f"top-{k} of {len(probs)} roles: {chosen}; think p={think_prob:.2f} {cmp} {self.spec.think_threshold:.2f}"
+        among = f"{len(probs)} roles" if len(candidates) == len(probs) else f"the {len(candidates)} roles this key may use"
+        reason = f"top-{k} of {among}: {chosen}; think p={think_prob:.2f} {cmp} {self.spec.think_threshold:.2f}"
         return RouteDecision(roles=roles, weights=tuple(1.0 / k for _ in roles), path=path,
                              role_probs={r: p for r, p in zip(self.spec.roles, probs)},
                              think_prob=think_prob, reason=reason)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentstack.auth import current_principal
 from agentstack.roles import Role, RoleSpec
 from routers.features import FeatureExtractor
 from routers.gate import GATE_FILE, Gate, GateLoadError, RouteDecision, load_gate
@@ -91,11 +92,12 @@ class AutoRouter:
         if missing:
             raise GateLoadError(f"the gate routes to roles this server does not serve: {', '.join(missing)}")
 
-    def decide(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> RouteDecision:
+    def decide(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None,
+               allowed: Collection[str] | None = None) -> RouteDecision:
         """Features of the prompt, then the head; `gate_ms` is the whole cost."""
         started = time.perf_counter()
         vector = self.features.features(messages, tools)
-        decision = self.gate.decide_features(vector)
+        decision = self.gate.decide_features(vector, allowed=allowed)
         elapsed = (time.perf_counter() - started) * 1000
         return RouteDecision(roles=decision.roles, weights=decision.weights, path=decision.path,
                              role_probs=decision.role_probs, think_prob=decision.think_prob,
@@ -113,8 +115,20 @@ def _tool_dicts(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
 
 
 async def decide(router: AutoRouter, messages: Sequence[Any], tools: Sequence[Any] | None) -> RouteDecision:
-    """The gate's decision for API messages; the forward pass runs off the event loop."""
-    return await asyncio.to_thread(router.decide, _plain(messages), _tool_dicts(tools))
+    """The gate's decision for API messages, among the roles the caller's key may use; the
+    forward pass runs off the event loop.
+
+    Raises:
+        Forbidden: the key may use none of the gate's roles.
+    """
+    from agentstack.api.errors import Forbidden
+
+    principal = current_principal.get()
+    allowed = None if principal.roles is None else [r for r in router.gate.spec.roles if principal.may_use_role(r)]
+    if allowed is not None and not allowed:
+        raise Forbidden(f"this API key may use none of the roles the gate routes to "
+                        f"({', '.join(router.gate.spec.roles)})", param="model")
+    return await asyncio.to_thread(router.decide, _plain(messages), _tool_dicts(tools), allowed)
 
 
 async def plan_routed(service: Service, body: Any) -> tuple[RouteDecision, Any]:

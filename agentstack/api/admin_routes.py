@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from agentstack.api.errors import InvalidRequest, NotFound
+from agentstack.api.errors import Conflict, InvalidRequest, NotFound
 from agentstack.api.openai_routes import service_of
 from agentstack.api.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from agentstack.engine import AdapterLoadError
-from agentstack.service import AdapterRequestError, UnknownRole
+from agentstack.service import AdapterRequestError, RoleInUse, UnknownRole
 
 router = APIRouter()
 
@@ -35,6 +35,8 @@ async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) 
     service = service_of(request)
     try:
         await service.unload_adapter(body.lora_name)
+    except RoleInUse as e:
+        raise Conflict(str(e), param="lora_name") from e
     except UnknownRole as e:
         raise NotFound(
             f"The lora adapter '{body.lora_name}' cannot be found. Loaded: {', '.join(e.available)}",

@@ -19,7 +19,7 @@ from agentstack.redis_server import EmbeddedRedis, free_port
 START_TIMEOUT_S = 600
 TENANT_KEYS = {"tenant-a": "sk-bench-tenant-a-7d1e", "tenant-b": "sk-bench-tenant-b-93c4"}
 ADMIN_KEY = "sk-bench-admin-51aa"
-RESTRICTED_ROLES = ("assistant", "selector")
+RESTRICTED_ROLES = ("assistant", "selector", "auto")
 
 
 def write_key_file(path: Path) -> Path:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agentstack.bench.reliability import run_fuzz, run_load, run_security
-from agentstack.bench.server import TENANT_KEYS, ServerProcess, bearer
+from agentstack.bench.server import RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -21,6 +21,21 @@ async def test_other_tenants_are_refused_and_share_no_cache(keyed: ServerProcess
     assert result.refused == result.attempts, result.summary()
     assert result.owner_cache_hit_tokens > 0, "the owner's repeat must hit the prefix cache"
     assert result.cross_tenant_cache_hit_tokens == 0
+
+
+async def test_auto_routes_only_to_roles_the_key_may_use(keyed: ServerProcess) -> None:
+    """tenant-b may use `auto` but, of the gate's roles, only `assistant`: the gate picks
+    among those, even for prompts it would send to the reasoner or the tool role."""
+    prompts = ["Zoe has 15 apples. She gives away 5, then doubles the rest and loses 7. How many now?",
+               "What is the capital of Japan?"]
+    async with httpx.AsyncClient(base_url=keyed.base_url, timeout=120) as client:
+        for prompt in prompts:
+            body = {"messages": [{"role": "user", "content": prompt}]}
+            restricted = await client.post("/v1/route", headers=bearer(TENANT_KEYS["tenant-b"]), json=body)
+            assert restricted.status_code == 200, restricted.text
+            assert set(restricted.json()["roles"]) <= set(RESTRICTED_ROLES), restricted.json()
+        free = await client.post("/v1/route", headers=bearer(TENANT_KEYS["tenant-a"]), json=body)
+    assert free.status_code == 200 and "may use" not in free.json()["reason"]
 
 
 async def test_past_the_queue_a_key_gets_429_with_retry_after(keyed: ServerProcess) -> None:

@@ -40,6 +40,19 @@ def test_round_trip_and_deterministic(tmp_path: Path) -> None:
     assert json.loads(first.header())["roles"] == list(first.roles)
 
 
+def test_allowed_roles_bound_the_choice(tmp_path: Path) -> None:
+    """A key restricted to some roles gets the best of those, never another."""
+    gate = load_gate(_write_gate(tmp_path, top_k=2))
+    x = torch.randn(576, generator=torch.Generator().manual_seed(1))
+    free = gate.decide_features(x)
+    worst = min(ROLES, key=free.role_probs.__getitem__)
+    only = gate.decide_features(x, allowed=[worst])
+    assert only.roles == (worst,) and only.weights == (1.0,)
+    assert "may use" in only.reason and only.role_probs == free.role_probs
+    with pytest.raises(ValueError):
+        gate.decide_features(x, allowed=["nobody"])
+
+
 def test_deterministic_on_real_features(model_dir: Path, tmp_path: Path) -> None:
     """The shipped gate (a seeded one until `make gate` ships it) on the backbone's real
     features: the same prompt gives bit-identical features and the same decision."""
