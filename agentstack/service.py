@@ -121,8 +121,12 @@ class Service:
             await self._install(spec, origin="file")
         for change in await self._store.changes():
             await self._replay(change)
-        if self.router is not None:
-            self.router.check_roles(list(self.roles))
+        if self.router is not None and (missing := self.router.missing_roles(list(self.roles))):
+            # A roles file of the user's own may leave out the packaged gate's roles: serve
+            # without `auto` and say so, rather than refuse to start.
+            logger.warning("model `auto` is off: the gate routes to roles this server does not serve: %s",
+                           ", ".join(missing))
+            self.router = None
         logger.info("serving roles: %s", ", ".join(self.roles))
         self._watchdog = asyncio.create_task(self._watch_engine(), name="engine-watchdog")
 

@@ -77,8 +77,8 @@ class AutoRouter:
         """Load and check the gate file, then its feature model.
 
         Raises:
-            GateLoadError: the gate file is missing parts, malformed, or routes to roles
-                that the caller has not checked yet (see `check_roles`).
+            GateLoadError: the gate file is missing parts or malformed. Whether its roles
+                are served is known only once they are installed (`missing_roles`).
         """
         gate = load_gate(gate_dir / GATE_FILE)
         extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer).load()
@@ -87,10 +87,9 @@ class AutoRouter:
                                 f"but the model's hidden size is {extractor.dim}")
         return cls(gate=gate, features=extractor, resolver=RoleResolver(MixtureCache(mixtures_dir)))
 
-    def check_roles(self, available: Sequence[str]) -> None:
-        missing = [r for r in self.gate.spec.roles if r not in available]
-        if missing:
-            raise GateLoadError(f"the gate routes to roles this server does not serve: {', '.join(missing)}")
+    def missing_roles(self, available: Sequence[str]) -> list[str]:
+        """The gate's roles that `available` lacks: without them `auto` cannot be served."""
+        return [r for r in self.gate.spec.roles if r not in available]
 
     def decide(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None,
                allowed: Collection[str] | None = None) -> RouteDecision:

@@ -97,3 +97,21 @@ async def test_bad_gate_file_stops_service_start(tmp_path: Path, model_dir: Path
     with pytest.raises(GateLoadError, match=str(tmp_path / GATE_FILE)):
         await service.start()
     assert service.engine is None and service.redis is None
+
+
+async def test_gate_without_its_roles_leaves_auto_off(tmp_path: Path, model_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A roles file of the user's own without the gate's roles still starts: `auto` is off
+    and the log says which roles it lacks."""
+    roles = tmp_path / "roles.yaml"
+    roles.write_text("roles:\n  - name: assistant\n    adapter: null\n", encoding="utf-8")
+    _write_gate(tmp_path / "gate")
+    service = Service(Settings(model=model_dir, cache_dir=tmp_path / "cache", roles_file=roles,
+                               kv_cache_space_gib=1), gate_dir=tmp_path / "gate")
+    with caplog.at_level("WARNING", logger="agentstack.service"):
+        await service.start()
+    try:
+        assert service.router is None and list(service.roles) == ["assistant"]
+        assert "model `auto` is off" in caplog.text and "reasoner, single" in caplog.text
+    finally:
+        await service.stop()
