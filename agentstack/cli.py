@@ -89,7 +89,7 @@ def serve(
     """Run the API server on the engine, the roles and Redis."""
     import uvicorn
 
-    from agentstack.api import create_app
+    from agentstack.api.app import create_app
     from agentstack.auth import AuthConfigError
     from agentstack.service import Service
 
@@ -203,15 +203,17 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")
 
 @bench_app.command("cache")
 def bench_cache(
-    roles: Annotated[str, typer.Option(help="Comma-separated role adapters; default: the shipped family.")] = "",
+    prompts: Annotated[int, typer.Option(help="BFCL `multiple` dev prompts served per mode.")] = 8,
+    reference_prompts: Annotated[int, typer.Option(help="Of those, how many the PyTorch reference runs.")] = 2,
     served: Annotated[bool, typer.Option(help="Also run the engine in each of the three modes.")] = True,
     report_dir: ReportDir = Path("reports"),
     as_json: JsonFlag = False,
 ) -> None:
-    """The prefix-cache modes side by side: bytes, prefill tokens, TTFT, KL and agreement."""
+    """The prefix-cache modes side by side on the tool agent: prefill, TTFT, bytes, accuracy, KL."""
     from agentstack.bench.cache import CacheBenchConfig, run_cache_bench
 
-    config = CacheBenchConfig(roles=tuple(r for r in roles.split(",") if r), served=served, report_dir=report_dir)
+    config = CacheBenchConfig(prompts=prompts, reference_prompts=reference_prompts, served=served,
+                              report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_cache_bench(_settings(), config)
     if as_json:

@@ -61,9 +61,11 @@ class CacheConfig(BaseModel):
 
     mode: CacheMode = CacheMode.NON_SHARED
     block_size: int = Field(
-        default=128,
+        default=32,
         ge=1,
-        description="Tokens per block (vLLM's CPU default); its CPU attention needs a multiple of 32.",
+        description="Tokens per block in the shared modes. A reader recomputes from the last "
+        "whole block its prompt shares, so small blocks reuse more; vLLM's CPU attention "
+        "needs a multiple of 32.",
     )
     memory_capacity_bytes: int = Field(default=256 << 20, ge=1)
     shared_a_adapter: Path | None = Field(

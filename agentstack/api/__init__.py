@@ -1,5 +1,4 @@
-"""HTTP API: OpenAI-compatible endpoints plus adapter management, health and metrics."""
+"""HTTP API: OpenAI-compatible endpoints plus adapter management, health and metrics.
 
-from agentstack.api.app import create_app
-
-__all__ = ["create_app"]
+The app is built by `agentstack.api.app.create_app`; this package does not import it, so
+modules that need only the API's schemas do not pull in every route (and its imports)."""

@@ -17,7 +17,7 @@ async def service_over_http(settings: Settings) -> AsyncIterator[tuple[Service, 
     """Yield the started service and the base URL its app serves on; stop both after."""
     import uvicorn
 
-    from agentstack.api import create_app
+    from agentstack.api.app import create_app
 
     service = Service(settings)
     await service.start()

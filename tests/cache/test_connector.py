@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def serve(mode: str, redis_url: str, out: Path) -> dict[str, Any]:
     roles = ",".join(p.name for p in shipped_family()[:2])
     subprocess.run(
-        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, roles, redis_url, str(out)],
+        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, redis_url, str(out), "--probe", roles],
         check=True, timeout=600,
     )
     return json.loads(out.read_text())

@@ -31,7 +31,7 @@ model sums V_base and the low-rank term after attention instead of before it."""
 def serve(mode: str, redis_url: str, out: Path, *extra: str) -> dict[str, Any]:
     roles = ",".join(p.name for p in shipped_family()[:2])
     subprocess.run(
-        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, roles, redis_url, str(out), *extra],
+        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, redis_url, str(out), "--probe", roles, *extra],
         check=True, timeout=600,
     )
     return json.loads(out.read_text())

@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agentstack.api import create_app
+from agentstack.api.app import create_app
 from agentstack.config import DEFAULT_ROLES_FILE, Settings
 from agentstack.roles import load_roles_file
 from agentstack.service import Service

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agentstack.api import create_app
+from agentstack.api.app import create_app
 from agentstack.api.guard import Admission, Refused
 from agentstack.auth import AuthConfigError, digest_of, load_keyring, parse_key_file
 from agentstack.config import Settings
