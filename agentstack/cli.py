@@ -205,6 +205,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")
 def bench_cache(
     prompts: Annotated[int, typer.Option(help="BFCL `multiple` dev prompts served per mode.")] = 8,
     reference_prompts: Annotated[int, typer.Option(help="Of those, how many the PyTorch reference runs.")] = 2,
+    min_context_tokens: Annotated[int, typer.Option(
+        help="Distractor functions fill each toolbox up to this; 0: the entry's own functions only.")] = 1024,
     served: Annotated[bool, typer.Option(help="Also run the engine in each of the three modes.")] = True,
     report_dir: ReportDir = Path("reports"),
     as_json: JsonFlag = False,
@@ -212,8 +214,8 @@ def bench_cache(
     """The prefix-cache modes side by side on the tool agent: prefill, TTFT, bytes, accuracy, KL."""
     from agentstack.bench.cache import CacheBenchConfig, run_cache_bench
 
-    config = CacheBenchConfig(prompts=prompts, reference_prompts=reference_prompts, served=served,
-                              report_dir=report_dir)
+    config = CacheBenchConfig(prompts=prompts, reference_prompts=reference_prompts,
+                              min_context_tokens=min_context_tokens, served=served, report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_cache_bench(_settings(), config)
     if as_json:

@@ -40,6 +40,7 @@ from typing import Any
 
 from agentstack.bench.cache_workload import (
     BFCL_ROLES,
+    MIN_CONTEXT_TOKENS,
     RecordingCompleter,
     ReferenceCase,
     reference_case,
@@ -82,6 +83,8 @@ class CacheBenchConfig:
     """BFCL `multiple` dev prompts served per mode."""
     reference_prompts: int = 2
     """Of those, how many the pure-PyTorch reference also runs (it is slow on a CPU)."""
+    min_context_tokens: int = MIN_CONTEXT_TOKENS
+    """Distractor functions fill each toolbox up to this; 0: the entry's own functions only."""
     served: bool = True
     report_dir: Path = Path("reports")
 
@@ -192,7 +195,7 @@ def _reference(model_dir: Path, cases: list[ReferenceCase]) -> dict[str, dict[st
 
 def _served_mode(
     mode: str, redis_url: str | None, out: Path, *, probe: tuple[str, ...] = (), prompts: int = 1,
-    isolate: bool = False,
+    min_context_tokens: int = MIN_CONTEXT_TOKENS, isolate: bool = False,
 ) -> None:
     """One engine with `cache.mode = mode`: warm the adapters, then the measured workload.
 
@@ -234,7 +237,7 @@ def _served_mode(
                 await completer.request(role, context + question, 1)
             completers.append(completer)
         else:
-            for i, prompt in enumerate(toolbox_prompts(prompts, engine.tokenizer)):
+            for i, prompt in enumerate(toolbox_prompts(prompts, engine.tokenizer, min_context_tokens)):
                 completer = RecordingCompleter(engine, adapters, i, settings.cache.block_size, isolate)
                 result["outcomes"].append(asdict(await run_prompt(completer, prompt)))
                 completers.append(completer)
@@ -254,7 +257,7 @@ def _served_mode(
     out.write_text(json.dumps(result))
 
 
-def _run_served(prompts: int) -> dict[str, Any]:
+def _run_served(prompts: int, min_context_tokens: int) -> dict[str, Any]:
     from agentstack.redis_server import EmbeddedRedis
 
     results: dict[str, Any] = {}
@@ -263,7 +266,7 @@ def _run_served(prompts: int) -> dict[str, Any]:
             out = Path(tmp) / f"{mode}.json"
             subprocess.run(
                 [sys.executable, "-m", "agentstack.bench.cache", "served", mode, server.url, str(out),
-                 "--prompts", str(prompts)],
+                 "--prompts", str(prompts), "--min-context-tokens", str(min_context_tokens)],
                 check=True,
             )
             results[mode] = json.loads(out.read_text())
@@ -330,10 +333,13 @@ def run_cache_bench(settings: Settings, config: CacheBenchConfig) -> CacheBenchR
         raise ValueError("reference prompts must be between 1 and the number of prompts")
     model_dir = prepare(settings.models_dir).path
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    cases = [reference_case(p, tokenizer) for p in toolbox_prompts(config.reference_prompts, tokenizer)]
+    cases = [
+        reference_case(p, tokenizer)
+        for p in toolbox_prompts(config.reference_prompts, tokenizer, config.min_context_tokens)
+    ]
     result = CacheBenchResult(config, sum(len(c.context) for c in cases) / len(cases))
     reference = _reference(model_dir, cases)
-    served = _run_served(config.prompts) if config.served else {}
+    served = _run_served(config.prompts, config.min_context_tokens) if config.served else {}
     result.served = served
     shape = ModelShape.from_model_dir(model_dir)
     rank = json.loads((_adapter(BFCL_ROLES[0]) / "adapter_config.json").read_text())["r"]
@@ -396,11 +402,14 @@ def write_report(result: CacheBenchResult) -> None:
         "# bench cache",
         "",
         f"Command: `agentstack bench cache --prompts {result.config.prompts} "
-        f"--reference-prompts {result.config.reference_prompts}{'' if result.served else ' --no-served'}`",
+        f"--reference-prompts {result.config.reference_prompts} "
+        f"--min-context-tokens {result.config.min_context_tokens}{'' if result.served else ' --no-served'}`",
         "",
         f"Workload: the tool agent on {result.config.prompts} BFCL `multiple` dev prompts, each a toolbox "
-        f"context of {result.context_tokens:.0f} tokens on average (the entry's functions among others'). "
-        f"The {BFCL_ROLES[0]} computes it; {', '.join(BFCL_ROLES[1:])} read it. One fresh engine per mode.",
+        f"context of {result.context_tokens:.0f} tokens on average "
+        + ("(the entry's functions among others'). " if result.config.min_context_tokens
+           else "(the entry's own functions). ")
+        + f"The {BFCL_ROLES[0]} computes it; {', '.join(BFCL_ROLES[1:])} read it. One fresh engine per mode.",
         "",
         markdown_table(
             ["mode", "prefill tokens/prompt", "TTFT p50 s", "TTFT p99 s", "reader TTFT s", "throughput tok/s",
@@ -429,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="all modes, reference and served")
     run.add_argument("--prompts", type=int, default=CacheBenchConfig.prompts)
     run.add_argument("--reference-prompts", type=int, default=CacheBenchConfig.reference_prompts)
+    run.add_argument("--min-context-tokens", type=int, default=MIN_CONTEXT_TOKENS)
     run.add_argument("--no-served", action="store_true")
     run.add_argument("--report-dir", type=Path, default=Path("reports"))
     run.add_argument("--json", action="store_true", help="print the JSON summary")
@@ -437,15 +447,18 @@ def main(argv: list[str] | None = None) -> None:
     served.add_argument("redis_url")
     served.add_argument("out", type=Path)
     served.add_argument("--prompts", type=int, default=1, help="BFCL workload prompts")
+    served.add_argument("--min-context-tokens", type=int, default=MIN_CONTEXT_TOKENS)
     served.add_argument("--probe", default="", help="comma-separated roles: the probe workload instead")
     served.add_argument("--isolate", action="store_true", help="one cache salt per role: no sharing")
     args = parser.parse_args(argv)
     if args.command == "served":
         probe = tuple(r for r in args.probe.split(",") if r)
-        _served_mode(args.mode, args.redis_url, args.out, probe=probe, prompts=args.prompts, isolate=args.isolate)
+        _served_mode(args.mode, args.redis_url, args.out, probe=probe, prompts=args.prompts,
+                     min_context_tokens=args.min_context_tokens, isolate=args.isolate)
         return
     config = CacheBenchConfig(prompts=args.prompts, reference_prompts=args.reference_prompts,
-                              served=not args.no_served, report_dir=args.report_dir)
+                              min_context_tokens=args.min_context_tokens, served=not args.no_served,
+                              report_dir=args.report_dir)
     result = run_cache_bench(Settings(), config)
     if args.json or result.report is None:
         print(json.dumps(result.summary()))

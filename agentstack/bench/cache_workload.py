@@ -46,10 +46,11 @@ class ToolboxPrompt:
     tools: list[dict[str, Any]]
 
 
-def toolbox_prompts(count: int, tokenizer: Any) -> list[ToolboxPrompt]:
+def toolbox_prompts(count: int, tokenizer: Any, min_tokens: int = MIN_CONTEXT_TOKENS) -> list[ToolboxPrompt]:
     """The first ``count`` dev entries of BFCL `multiple`, each with distractor functions
-    from the entries after it until its context holds ``MIN_CONTEXT_TOKENS``; the entry's
-    own functions sit at a position drawn from its id, so no list order gives them away."""
+    from the entries after it until its context holds ``min_tokens``; the entry's own
+    functions sit at a position drawn from its id, so no list order gives them away.
+    ``min_tokens`` 0 keeps each entry's own functions only (the adapters' training shape)."""
     pool = examples("multiple", "dev")
     if not 1 <= count <= len(pool):
         raise ValueError(f"prompts must be between 1 and {len(pool)}")
@@ -59,7 +60,7 @@ def toolbox_prompts(count: int, tokenizer: Any) -> list[ToolboxPrompt]:
         distractors: list[dict[str, Any]] = []
         names = set(function_names(own))
         for other in pool[i + 1 :] + pool[:i]:
-            if _context_tokens(tokenizer, example, own + distractors) >= MIN_CONTEXT_TOKENS:
+            if _context_tokens(tokenizer, example, own + distractors) >= min_tokens:
                 break
             fresh = [f for f in other.functions if f["name"] not in names]
             distractors += fresh
