@@ -17,7 +17,7 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-.PHONY: setup run test test-reliability test-fast bench-serve bench-graph bench-fuzz bench-load bench-security bench-faults \
+.PHONY: setup run test test-reliability test-fast bench-serve bench-graph bench-cache bench-fuzz bench-load bench-security bench-faults \
 	bench-reliability adapters reasoner gate eval-gate eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
@@ -52,6 +52,12 @@ bench-serve: setup
 
 bench-graph: setup
 	$(BIN)/agentstack bench graph --runs 8 --max-rounds 2
+
+# The three cache modes on the tool agent: 1-2k-token toolboxes, then the roles' own
+# short contexts (where the adapters are accurate enough to compare accuracy).
+bench-cache: setup
+	$(BIN)/agentstack bench cache --prompts 8 --report-dir reports/cache-toolbox
+	$(BIN)/agentstack bench cache --prompts 12 --min-context-tokens 0 --report-dir reports/cache-own
 
 # Full versions of the reliability checks that CI runs in short form (tests/reliability).
 bench-fuzz: setup

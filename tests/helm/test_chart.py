@@ -229,6 +229,8 @@ def test_every_object_is_valid_for_kubernetes(chart: helm_python.Chart, name: st
         {"roles": [{"name": "a", "colour": "blue"}]},
         {"replicas": 3},
         {"engine": {"devcie": "gpu"}},
+        {"engine": {"sharedCache": {"mode": "shared"}}},
+        {"engine": {"sharedCache": {"blockSize": 100}}},
     ],
     ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip(),
 )
@@ -290,6 +292,12 @@ def test_config_file_is_valid_service_settings(chart: helm_python.Chart, name: s
         assert path in mounts and not mounts[path]["readOnly"], path
     assert env["XDG_CACHE_HOME"]["value"].startswith(str(settings.cache_dir) + "/")
     assert "AGENTSTACK_REDIS_URL" in env  # never the embedded Redis in a pod
+
+
+def test_shared_cache_mode_reaches_the_service(chart: helm_python.Chart) -> None:
+    rendered = render(chart, {"engine": {"sharedCache": {"mode": "decomposed"}}})
+    settings = Settings(**rendered.config_file())
+    assert settings.cache.mode.value == "decomposed" and settings.cache.block_size == 32
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,7 @@ mounts and Service rely on.
   "max_loras" $e.maxLoras
   "max_lora_rank" $e.maxLoraRank
   "kv_cache_space_gib" $e.kvCacheSpaceGib
+  "cache" (dict "mode" $e.sharedCache.mode "block_size" $e.sharedCache.blockSize)
   "enforce_eager" $e.enforceEager
   "seed" $e.seed
   "max_tokens_cap" .Values.limits.maxTokensCap
