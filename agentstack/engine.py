@@ -34,6 +34,12 @@ class AdapterLoadError(ValueError):
     """An adapter directory could not be loaded by the engine (missing, corrupt, wrong shape)."""
 
 
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt token ids the engine serves for a chat: the model's template, ready for
+    the assistant's turn. Also used where only the tokenizer is at hand."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
 @dataclass(frozen=True, slots=True)
 class Adapter:
     """A LoRA adapter as the engine knows it: vLLM needs a stable positive integer id."""
@@ -193,10 +199,7 @@ class Engine:
         return self._llm is not None and self._llm.errored
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids)
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def text_prompt(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -228,6 +228,7 @@ def _served_mode(
             await engine.load_adapter(adapters[role])
             await warm.request(role, [1, 2, 3], 1)  # too short for a block: never cached
         completers = []
+        toolboxes = [] if probe else toolbox_prompts(prompts, engine.tokenizer, min_context_tokens)
         started = time.perf_counter()
         if probe:
             context = engine.text_prompt(PROBE_CONTEXT)
@@ -237,7 +238,7 @@ def _served_mode(
                 await completer.request(role, context + question, 1)
             completers.append(completer)
         else:
-            for i, prompt in enumerate(toolbox_prompts(prompts, engine.tokenizer, min_context_tokens)):
+            for i, prompt in enumerate(toolboxes):
                 completer = RecordingCompleter(engine, adapters, i, settings.cache.block_size, isolate)
                 result["outcomes"].append(asdict(await run_prompt(completer, prompt)))
                 completers.append(completer)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentstack.bfcl.checker import check
 from agentstack.bfcl.dataset import BfclExample, examples
+from agentstack.engine import chat_prompt_ids
 from agentstack.service import Completion
 from agentstack.tool_agent import SELECTOR_ROLE, select_and_fill, single_pass
 from agentstack.tool_calling import (
@@ -27,6 +28,7 @@ from agentstack.tool_calling import (
     selector_messages,
     single_messages,
 )
+from cache.index import BlockHash, PrefixHasher
 
 if TYPE_CHECKING:
     from agentstack.engine import Adapter, Engine
@@ -74,11 +76,7 @@ def toolbox_prompts(count: int, tokenizer: Any, min_tokens: int = MIN_CONTEXT_TO
 
 
 def _context_tokens(tokenizer: Any, example: BfclExample, tools: list[dict[str, Any]]) -> int:
-    return len(chat_ids(tokenizer, selector_messages(example.messages, tools)))
-
-
-def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return len(chat_prompt_ids(tokenizer, selector_messages(example.messages, tools)))
 
 
 @dataclass(slots=True)
@@ -113,8 +111,8 @@ class RecordingCompleter:
     block_size: int
     isolate: bool = False
     records: list[RequestRecord] = field(default_factory=list)
-    blocks: set[tuple[str, str]] = field(default_factory=set)
-    """(salt, prefix digest) of every full prompt block: keyed by tokens, not adapter."""
+    blocks: set[BlockHash] = field(default_factory=set)
+    """The cache's key of every full prompt block: salt and tokens, not the adapter."""
 
     async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion:
         ids = self.engine.chat_prompt(messages)
@@ -150,7 +148,7 @@ class RecordingCompleter:
             first_token=out.token_ids[0],
             logprobs={str(t): float(lp.logprob) for t, lp in top.items()},
         ))
-        self.blocks.update((salt, _digest(ids[:end])) for end in range(self.block_size, len(ids) + 1, self.block_size))
+        self.blocks.update(PrefixHasher(self.block_size, "bench").block_hashes(ids, salt=salt))
         return out.text, len(out.token_ids)
 
 
@@ -193,11 +191,11 @@ def reference_case(prompt: ToolboxPrompt, tokenizer: Any) -> ReferenceCase:
     def answer(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    writer = chat_ids(tokenizer, selector_messages(example.messages, prompt.tools))
+    writer = chat_prompt_ids(tokenizer, selector_messages(example.messages, prompt.tools))
     readers = {
-        "arguments": chat_ids(tokenizer, arguments_messages(example.messages, prompt.tools, calls[0]["name"]))
+        "arguments": chat_prompt_ids(tokenizer, arguments_messages(example.messages, prompt.tools, calls[0]["name"]))
         + answer(calls_text(first)),
-        "single": chat_ids(tokenizer, single_messages(example.messages, prompt.tools)) + answer(calls_text(calls)),
+        "single": chat_prompt_ids(tokenizer, single_messages(example.messages, prompt.tools)) + answer(calls_text(calls)),
     }
     shared = min(_common_prefix(writer, ids) for ids in readers.values())
     # A reader always computes its prompt's last token itself, as vLLM does.

@@ -14,7 +14,6 @@ from tests.conftest import LiveServer, selector_chat, names_one_function, server
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(tmp_path_factory.mktemp("persist-redis")) as server:

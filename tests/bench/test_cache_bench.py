@@ -18,10 +18,10 @@ from agentstack.bench.cache import ModeRow, _served_figures
 from agentstack.bench.cache_workload import (
     MAX_CONTEXT_TOKENS,
     MIN_CONTEXT_TOKENS,
-    chat_ids,
     reference_case,
     toolbox_prompts,
 )
+from agentstack.engine import chat_prompt_ids
 from agentstack.redis_server import EmbeddedRedis
 from agentstack.tool_calling import function_names, selector_messages
 
@@ -38,7 +38,7 @@ def test_each_prompt_is_a_1_to_2k_token_toolbox_holding_its_own_functions(tokeni
         names = function_names(prompt.tools)
         assert set(function_names(prompt.example.functions)) <= set(names)
         assert len(names) == len(set(names)), "a function listed twice"
-        tokens = len(chat_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools)))
+        tokens = len(chat_prompt_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools)))
         assert MIN_CONTEXT_TOKENS <= tokens <= MAX_CONTEXT_TOKENS
 
 
@@ -50,7 +50,7 @@ def test_own_functions_are_not_always_listed_first(tokenizer: Any) -> None:
 def test_reference_readers_continue_the_writers_context(tokenizer: Any) -> None:
     prompt = toolbox_prompts(1, tokenizer)[0]
     case = reference_case(prompt, tokenizer)
-    writer = chat_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools))
+    writer = chat_prompt_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools))
     assert case.writer == "selector" and writer[: len(case.context)] == case.context
     assert len(case.context) >= MIN_CONTEXT_TOKENS - 32
     assert set(case.tails) == {"arguments", "single"}
