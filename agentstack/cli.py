@@ -178,6 +178,29 @@ def bench_serve(
         console.print(result.table())
 
 
+@bench_app.command("engine")
+def bench_engine(
+    prompts: Annotated[int, typer.Option(help="Requests per batch.", min=1)] = 8,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 2,
+    prefill_tokens: Annotated[int, typer.Option(help="Prompt length of the prefill-heavy batch.", min=8)] = 1000,
+    decode_tokens: Annotated[int, typer.Option(help="Output length of the decode-heavy batch.", min=2)] = 128,
+    model: ModelOption = None,
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Base model, one role, three roles mixed and the mix on vLLM's own LoRA ops, on one engine."""
+    from agentstack.bench.engine import EngineBenchConfig, run_engine_bench
+
+    config = EngineBenchConfig(prompts=prompts, rounds=rounds, prefill_tokens=prefill_tokens,
+                               decode_tokens=decode_tokens, report_dir=report_dir)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_engine_bench(_settings(), _model_dir(model), config, quiet=as_json)
+    if as_json:
+        print(json.dumps(result.summary()))
+    else:
+        console.print(result.table())
+
+
 @bench_app.command("graph")
 def bench_graph(
     runs: Annotated[int, typer.Option(help="Runs per workflow, on fixed inputs.", min=1)] = 4,

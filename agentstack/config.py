@@ -69,7 +69,14 @@ class Settings(BaseSettings):
     max_loras: int = Field(default=4, ge=1)
     max_lora_rank: int = Field(default=16, ge=1)
     kv_cache_space_gib: int = Field(default=2, ge=1)
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens one engine step may schedule; unset: vLLM's default.")
     enforce_eager: bool = True
+    grouped_lora: bool = Field(
+        default=True,
+        description="Grouped LoRA ops on the CPU engine (one matrix product per adapter; "
+        "off: vLLM's own per-token ops, for comparison).",
+    )
     seed: int = 0
     cache: CacheConfig = Field(
         default_factory=CacheConfig,

@@ -95,16 +95,30 @@ class Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        args = AsyncEngineArgs(**self.engine_args())
+        stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
+        logger.info("engine ready: model %s", self.model_dir.name)
+
+    def engine_args(self) -> dict[str, Any]:
+        """vLLM's engine arguments for these settings (also what ``vllm serve`` needs to
+        build the same engine). Sets the process environment vLLM's processes inherit."""
+        from agentstack.vllm_ext.plugin import ENABLE_ENV, WORKER_EXTENSION
+
         # vLLM's CPU backend reserves one core for the frontend by default; on a small
-        # machine the API server is light enough to share it.
+        # machine the API server is light enough to share it (docs/BENCHMARKS.md).
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        args = AsyncEngineArgs(
+        # Read by this package's vLLM plugin in the engine's processes.
+        os.environ[ENABLE_ENV] = "1" if self.settings.grouped_lora else "0"
+        return dict(
             model=str(self.model_dir),
             served_model_name=self.settings.served_model_name,
             tokenizer=str(self.model_dir),
-            dtype=self.settings.dtype,  # type: ignore[arg-type]
+            dtype=self.settings.dtype,
             max_model_len=self.settings.max_model_len,
             max_num_seqs=self.settings.max_num_seqs,
+            max_num_batched_tokens=self.settings.max_num_batched_tokens,
             enable_lora=True,
             max_loras=self.settings.max_loras,
             max_lora_rank=self.settings.max_lora_rank,
@@ -114,12 +128,9 @@ class Engine:
             enforce_eager=self.settings.enforce_eager or self.settings.cache.mode.stores_low_rank,
             seed=self.settings.seed,
             disable_log_stats=False,
+            worker_extension_cls=WORKER_EXTENSION,
             **self._cache_engine_args(),
         )
-        stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
-        logger.info("engine ready: model %s", self.model_dir.name)
 
     def _cache_engine_args(self) -> dict[str, Any]:
         """Engine arguments of the shared prefix cache (``settings.cache``).

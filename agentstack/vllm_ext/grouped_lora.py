@@ -1,0 +1,352 @@
+"""Grouped LoRA ops for vLLM's CPU engine: one matrix product per adapter, not per token.
+
+vLLM's torch ops (``vllm/lora/ops/torch_ops``) index the stacked adapter weights with one
+adapter slot per token (``lora_b_weights[indices]``), which copies a ``[tokens, out, in]``
+tensor for every LoRA'd projection of every layer, then multiply with an einsum. That
+makes a 1,000-token prefill with a role adapter about 16x slower than the base model.
+
+These functions keep the six ops' signatures and results, but compute, for each adapter,
+one product over the tokens that use it: prefill segments (SGMV) become views of the
+input, and decode tokens (BGMV) are grouped by slot. Dtypes follow the stock ops (shrink
+in the fp32 buffer's dtype, expand in the output's), and tokens of slot -1 ("no adapter")
+get no delta, as in vLLM's GPU kernels.
+
+Adapter slots whose weights are all zero are skipped: vLLM wraps every projection a
+model supports, so an adapter of q/v/o still pays for k, gate_up and down, and the stock
+ops multiply those zeros. Which slots hold weights is cached per stacked-weight tensor
+and its version counter, which every in-place write bumps (vLLM writes a slot in place
+when it loads or evicts an adapter), so a stale answer is never read.
+
+A step's token grouping is computed once and shared by all its ops (vLLM rewrites its
+index buffers in place each step, which bumps their version). In a decode step of several
+roles, where each adapter has a few tokens, one product over every slot's stacked weights
+replaces a product per adapter: fewer, larger ops, which is what a CPU step is short of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+NO_ADAPTER = -1
+
+DENSE_MAX_TOKENS = 64
+"""Up to this many tokens, several adapters' deltas come from one product over all slots
+(the extra FLOPs are negligible; the saved per-op overhead is not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGroup:
+    """The rows of one adapter slot: a contiguous slice, or an index tensor when scattered."""
+
+    slot: int
+    rows: slice | torch.Tensor
+
+
+@dataclass(slots=True)
+class TokenPlan:
+    """How one step's tokens map to adapter slots, as every op of the step needs it."""
+
+    tokens: int
+    groups: list[TokenGroup]
+    token_slots: list[int]
+    _columns: dict[int, torch.Tensor] = field(default_factory=dict)
+    _valid: torch.Tensor | None = None
+
+    @property
+    def has_base_tokens(self) -> bool:
+        return any(g.slot == NO_ADAPTER for g in self.groups)
+
+    def columns(self, rank: int) -> torch.Tensor:
+        """``[tokens, rank]`` column indices of each token's slot in an all-slots product."""
+        if rank not in self._columns:
+            slots = torch.tensor([max(s, 0) for s in self.token_slots], dtype=torch.long)
+            self._columns[rank] = slots[:, None] * rank + torch.arange(rank)
+        return self._columns[rank]
+
+    def valid(self) -> torch.Tensor:
+        """``[tokens, 1]``: 1 for tokens with an adapter, 0 for base-model tokens."""
+        if self._valid is None:
+            self._valid = torch.tensor([[float(s != NO_ADAPTER)] for s in self.token_slots])
+        return self._valid
+
+
+def plan_from_token_slots(token_slots: list[int]) -> TokenPlan:
+    """Group tokens by adapter slot (BGMV: one slot per token, in any order)."""
+    rows_of: dict[int, list[int]] = {}
+    for row, slot in enumerate(token_slots):
+        rows_of.setdefault(slot, []).append(row)
+    groups = [TokenGroup(slot, _rows(rows)) for slot, rows in rows_of.items()]
+    return TokenPlan(len(token_slots), groups, token_slots)
+
+
+def plan_from_segments(seq_lens: list[int], segment_slots: list[int]) -> TokenPlan:
+    """Group tokens by adapter slot from runs of consecutive tokens (SGMV).
+
+    A slot with one run is a view of the input; a slot with several runs (requests of
+    different roles interleaved) becomes one gathered product, not one per run."""
+    token_slots = [slot for length, slot in zip(seq_lens, segment_slots) for _ in range(length)]
+    return plan_from_token_slots(token_slots)
+
+
+def _rows(rows: list[int]) -> slice | torch.Tensor:
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class StepPlans:
+    """The last plan built, reused while its source tensors are unchanged.
+
+    vLLM passes views of persistent index buffers that it rewrites in place each step, so
+    (address, size, version) identifies their content; the sources are held, so no other
+    tensor can take their address while the plan is cached."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[int, int, int], ...] | None = None
+        self._sources: tuple[torch.Tensor, ...] = ()
+        self._plan: TokenPlan | None = None
+
+    def get(self, sources: tuple[torch.Tensor, ...], build) -> TokenPlan:  # type: ignore[no-untyped-def]
+        key = tuple((t.data_ptr(), t.numel(), t._version) for t in sources)
+        if key != self._key or self._plan is None:
+            self._plan = build()
+            self._key, self._sources = key, sources
+        return self._plan
+
+
+_token_plans = StepPlans()
+_segment_plans = StepPlans()
+
+
+def token_plan(token_slots: torch.Tensor) -> TokenPlan:
+    return _token_plans.get((token_slots,), lambda: plan_from_token_slots(token_slots.tolist()))
+
+
+def segment_plan(seq_lens: torch.Tensor, segment_slots: torch.Tensor) -> TokenPlan:
+    return _segment_plans.get(
+        (seq_lens, segment_slots), lambda: plan_from_segments(seq_lens.tolist(), segment_slots.tolist()))
+
+
+class LiveSlots:
+    """Per stacked-weight tensor, which adapter slots hold any non-zero value.
+
+    Keyed by the tensor object (held, so its id is not reused) and valid while its version
+    counter is unchanged. vLLM passes the same few hundred stacked tensors every step."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[torch.Tensor, int, list[bool]]] = {}
+
+    def __call__(self, weights: torch.Tensor) -> list[bool]:
+        entry = self._entries.get(id(weights))
+        if entry is not None and entry[0] is weights and entry[1] == weights._version:
+            return entry[2]
+        live = weights.reshape(weights.shape[0], -1).any(dim=1).tolist()
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[id(weights)] = (weights, weights._version, live)
+        return live
+
+
+live_slots = LiveSlots()
+
+
+def _active_groups(plan: TokenPlan, weights: torch.Tensor) -> list[TokenGroup]:
+    live = live_slots(weights)
+    return [g for g in plan.groups if g.slot != NO_ADAPTER and live[g.slot]]
+
+
+def _use_all_slots(plan: TokenPlan, active: list[TokenGroup]) -> bool:
+    return len(active) > 1 and plan.tokens <= DENSE_MAX_TOKENS
+
+
+def _slot_matrices(weights: torch.Tensor) -> torch.Tensor:
+    """Stacked weights ``[slots, 1, out, in]`` or ``[slots, out, in]`` as ``[slots, out, in]``."""
+    return weights.reshape(weights.shape[0], weights.shape[-2], weights.shape[-1])
+
+
+def grouped_shrink(
+    inputs: torch.Tensor, lora_a_weights: torch.Tensor, output_tensor: torch.Tensor,
+    plan: TokenPlan, scaling: float,
+) -> None:
+    """``output[t, :rank] = scaling * inputs[t] @ A[slot(t)].T``, in the output's dtype (fp32).
+
+    Tokens without an adapter, or whose adapter has no weights here, get zeros."""
+    matrices = _slot_matrices(lora_a_weights)
+    rank = matrices.shape[1]
+    dtype = output_tensor.dtype
+    target = output_tensor[:, :rank]
+    active = _active_groups(plan, lora_a_weights)
+    if len(active) != len(plan.groups):
+        target.zero_()
+    if _use_all_slots(plan, active):
+        every_slot = inputs.to(dtype) @ matrices.reshape(-1, matrices.shape[-1]).to(dtype).t()
+        picked = every_slot.gather(1, plan.columns(rank))
+        if plan.has_base_tokens:
+            picked.mul_(plan.valid())
+        target.copy_(picked.mul_(scaling))
+        return
+    for group in active:
+        product = inputs[group.rows].to(dtype) @ matrices[group.slot].to(dtype).t()
+        target[group.rows] = scaling * product
+
+
+def grouped_expand(
+    inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
+    plan: TokenPlan, add_inputs: bool, columns: slice,
+) -> None:
+    """``output[t, columns] (+)= inputs[t] @ B[slot(t)].T``, in the output's dtype.
+
+    ``columns`` is the output slice (expand_slice) or the width both sides share (expand:
+    the adapter and the model may pad the output differently). Without ``add_inputs``,
+    tokens without a delta get zeros, as the stock ops would write."""
+    matrices = _slot_matrices(lora_b_weights)[:, : columns.stop - columns.start]
+    rank = matrices.shape[-1]
+    dtype = output_tensor.dtype
+    target = output_tensor[:, columns]
+    rows = inputs[:, :rank].to(dtype)
+    if inputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        # vLLM's op broadcasts the first token's delta over every output row.
+        plan = plan_from_token_slots(plan.token_slots[:1])
+    active = _active_groups(plan, lora_b_weights)
+    if not add_inputs and len(active) != len(plan.groups):
+        target.zero_()
+    if _use_all_slots(plan, active) and inputs.shape[0] == output_tensor.shape[0]:
+        every_slot = torch.zeros(plan.tokens, matrices.shape[0] * rank)
+        every_slot.scatter_(1, plan.columns(rank), rows.float() * plan.valid() if plan.has_base_tokens
+                            else rows.float())
+        stacked = matrices.permute(0, 2, 1).reshape(-1, matrices.shape[1]).float()
+        product = (every_slot @ stacked).to(dtype)
+        if add_inputs:
+            target.add_(product)
+        else:
+            target.copy_(product)
+        return
+    broadcast = inputs.shape[0] == 1 and output_tensor.shape[0] != 1
+    for group in active:
+        product = _product(rows[group.rows], matrices[group.slot])
+        out_rows = slice(None) if broadcast else group.rows
+        if not add_inputs:
+            target[out_rows] = product
+        elif isinstance(out_rows, slice):
+            target[out_rows].add_(product)
+        else:
+            target.index_add_(0, out_rows, product)
+
+
+def _product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows @ weight.T`` in ``rows``' dtype, accumulated in fp32.
+
+    Products of 16-bit values are exact in fp32, so this is the correctly rounded result
+    the stock bf16 einsum approximates, and the CPU's fp32 GEMM is several times faster
+    than its bf16 one at LoRA ranks (an inner dimension of 8-64)."""
+    if rows.dtype == torch.float32:
+        return rows @ weight.t()
+    return (rows.float() @ weight.float().t()).to(rows.dtype)
+
+
+def _common_columns(lora_b_weights: torch.Tensor, output_tensor: torch.Tensor) -> slice:
+    return slice(0, min(lora_b_weights.shape[-2], output_tensor.shape[1]))
+
+
+# The six ops, with vLLM's signatures (``vllm/lora/ops/torch_ops/lora_ops.py``).
+
+
+def bgmv_shrink(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    scaling: float = 1.0,
+) -> None:
+    grouped_shrink(inputs, lora_b_weights, output_tensor, token_plan(lora_indices_tensor), scaling)
+
+
+def bgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    add_inputs: bool = True,
+) -> None:
+    grouped_expand(inputs, lora_b_weights, output_tensor, token_plan(lora_indices_tensor),
+                   add_inputs, _common_columns(lora_b_weights, output_tensor))
+
+
+def bgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = True,
+) -> None:
+    grouped_expand(inputs, lora_b_weights, output_tensor, token_plan(lora_indices_tensor),
+                   add_inputs, slice(slice_offset, slice_offset + slice_size))
+
+
+def sgmv_shrink(
+    inputs: torch.Tensor,
+    lora_a_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    scaling: float,
+) -> None:
+    grouped_shrink(inputs, lora_a_weights, output_tensor,
+                   segment_plan(seq_len_tensor, lora_indices_tensor), scaling)
+
+
+def sgmv_expand(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+) -> None:
+    grouped_expand(inputs, lora_b_weights, output_tensor,
+                   segment_plan(seq_len_tensor, lora_indices_tensor),
+                   add_inputs, _common_columns(lora_b_weights, output_tensor))
+
+
+def sgmv_expand_slice(
+    inputs: torch.Tensor,
+    lora_b_weights: torch.Tensor,
+    output_tensor: torch.Tensor,
+    b_seq_start_loc: torch.Tensor,
+    seq_len_tensor: torch.Tensor,
+    lora_indices_tensor: torch.Tensor,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+) -> None:
+    grouped_expand(inputs, lora_b_weights, output_tensor,
+                   segment_plan(seq_len_tensor, lora_indices_tensor),
+                   add_inputs, slice(slice_offset, slice_offset + slice_size))
+
+
+GROUPED_OPS = {
+    "bgmv_shrink": bgmv_shrink,
+    "bgmv_expand": bgmv_expand,
+    "bgmv_expand_slice": bgmv_expand_slice,
+    "sgmv_shrink": sgmv_shrink,
+    "sgmv_expand": sgmv_expand,
+    "sgmv_expand_slice": sgmv_expand_slice,
+}
+"""The names ``vllm.lora.punica_wrapper.punica_cpu`` imports from ``vllm.lora.ops.torch_ops``."""

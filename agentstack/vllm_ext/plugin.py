@@ -1,0 +1,95 @@
+"""vLLM general plugin: grouped LoRA ops for the CPU engine (``grouped_lora``).
+
+vLLM runs every ``vllm.general_plugins`` entry point in each of its processes, before a
+model is built, so the worker that runs the model gets the ops whichever way the engine
+was started (agentstack, ``vllm serve``, ``vllm.LLM``). The patch replaces the six op
+names that ``vllm.lora.punica_wrapper.punica_cpu`` imports; it is written against one vLLM
+release and leaves any other release untouched, with one warning.
+
+``AGENTSTACK_GROUPED_LORA=0`` turns it off (for comparison with stock vLLM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLLM_VERSION = "0.32.0"
+"""The release whose ``punica_cpu`` and torch op signatures the grouped ops match."""
+
+ENABLE_ENV = "AGENTSTACK_GROUPED_LORA"
+
+
+def grouped_lora_enabled() -> bool:
+    return os.environ.get(ENABLE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def version_supported(vllm_version: str) -> bool:
+    """Local build tags (``0.32.0+cpu``) count as the release they build."""
+    return vllm_version.split("+")[0] == SUPPORTED_VLLM_VERSION
+
+
+def install_grouped_lora(vllm_version: str | None = None) -> bool:
+    """Point vLLM's CPU punica wrapper at the grouped ops. Returns whether they are in use.
+
+    Idempotent; does nothing when turned off or on another vLLM release."""
+    if not grouped_lora_enabled():
+        return False
+    if vllm_version is None:
+        import vllm
+
+        vllm_version = vllm.__version__
+    if not version_supported(vllm_version):
+        logger.warning(
+            "agentstack: grouped LoRA ops are written for vLLM %s; this is vLLM %s, so its own "
+            "LoRA ops stay in use (LoRA prefill on CPU will be much slower)",
+            SUPPORTED_VLLM_VERSION, vllm_version,
+        )
+        return False
+    use_grouped_lora(True)
+    return True
+
+
+def use_grouped_lora(enabled: bool) -> bool:
+    """Switch the CPU punica wrapper between the grouped ops and vLLM's own, in this process.
+
+    Benchmarks and tests reach it in the engine's worker through ``GroupedLoRAControl``
+    to compare both on one engine; it returns whether the grouped ops are now in use."""
+    from vllm.lora.ops import torch_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
+
+    for name, op in GROUPED_OPS.items():
+        setattr(punica_cpu, name, op if enabled else getattr(torch_ops, name))
+    return enabled
+
+
+def grouped_lora_in_use() -> bool:
+    """Whether this process's CPU punica wrapper runs the grouped ops."""
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
+
+    return all(getattr(punica_cpu, name) is op for name, op in GROUPED_OPS.items())
+
+
+def register() -> None:
+    """Entry point of ``vllm.general_plugins``."""
+    install_grouped_lora()
+
+
+class GroupedLoRAControl:
+    """vLLM worker extension (``worker_extension_cls``): lets the engine's owner switch the
+    ops in the worker process, through ``collective_rpc("grouped_lora", args=(enabled,))``."""
+
+    def grouped_lora(self, enabled: bool | None = None) -> bool:
+        """Switch the grouped ops on or off (``None``: leave as is); returns whether in use."""
+        if enabled is not None:
+            use_grouped_lora(enabled)
+        return grouped_lora_in_use()
+
+
+WORKER_EXTENSION = f"{__name__}.{GroupedLoRAControl.__name__}"
