@@ -13,9 +13,10 @@ get no delta, as in vLLM's GPU kernels.
 
 Adapter slots whose weights are all zero are skipped: vLLM wraps every projection a
 model supports, so an adapter of q/v/o still pays for k, gate_up and down, and the stock
-ops multiply those zeros. Which slots hold weights is cached per stacked-weight tensor
-and its version counter, which every in-place write bumps (vLLM writes a slot in place
-when it loads or evicts an adapter), so a stale answer is never read.
+ops multiply those zeros. Which slots hold weights, and the weights transposed to fp32
+once rather than converted in every op, are cached per stacked-weight tensor and its
+version counter, which every in-place write bumps (vLLM writes a slot in place when it
+loads or evicts an adapter), so a stale answer is never read.
 
 A step's token grouping is computed once and shared by all its ops (vLLM rewrites its
 index buffers in place each step, which bumps their version). In a decode step of several
@@ -129,43 +130,75 @@ def segment_plan(seq_lens: torch.Tensor, segment_slots: torch.Tensor) -> TokenPl
         (seq_lens, segment_slots), lambda: plan_from_segments(seq_lens.tolist(), segment_slots.tolist()))
 
 
-class LiveSlots:
-    """Per stacked-weight tensor, which adapter slots hold any non-zero value.
+@dataclass(slots=True)
+class SlotWeights:
+    """One stacked-weight tensor as the ops use it: which slots hold weights and, once a
+    live slot is used, every slot's matrix transposed in fp32, laid out for ``x @ W``.
 
-    Keyed by the tensor object (held, so its id is not reused) and valid while its version
-    counter is unchanged. vLLM passes the same few hundred stacked tensors every step."""
+    Shrink weights ``[slots, (1,) rank, in]`` become ``[in, slots * rank]`` (slot s: columns
+    s*rank to (s+1)*rank); expand weights ``[slots, (1,) out, rank]`` become
+    ``[slots * rank, out]`` (slot s: rows s*rank to (s+1)*rank). Either way a product over
+    all slots is one GEMM, and one slot's is a view of the same matrix."""
+
+    source: torch.Tensor
+    version: int
+    live: list[bool]
+    expand: bool
+    _transposed: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.source.shape[-1] if self.expand else self.source.shape[-2]
+
+    def transposed(self) -> torch.Tensor:
+        if self._transposed is None:
+            slots, rows, cols = self.source.shape[0], self.source.shape[-2], self.source.shape[-1]
+            matrices = self.source.reshape(slots, rows, cols).float()
+            if self.expand:
+                self._transposed = matrices.permute(0, 2, 1).reshape(slots * cols, rows).contiguous()
+            else:
+                self._transposed = matrices.reshape(slots * rows, cols).t().contiguous()
+        return self._transposed
+
+    def of_slot(self, slot: int) -> torch.Tensor:
+        r = self.rank
+        weights = self.transposed()
+        return weights[slot * r:(slot + 1) * r] if self.expand else weights[:, slot * r:(slot + 1) * r]
+
+
+class SlotWeightsCache:
+    """``SlotWeights`` per stacked tensor, valid while the tensor's version is unchanged.
+
+    Keyed by the tensor object (held, so its id is not reused); vLLM passes the same few
+    hundred stacked tensors every step and writes a slot in place when it loads or evicts
+    an adapter, which bumps the version."""
 
     MAX_ENTRIES = 4096
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[torch.Tensor, int, list[bool]]] = {}
+        self._entries: dict[int, SlotWeights] = {}
 
-    def __call__(self, weights: torch.Tensor) -> list[bool]:
+    def get(self, weights: torch.Tensor, *, expand: bool) -> SlotWeights:
         entry = self._entries.get(id(weights))
-        if entry is not None and entry[0] is weights and entry[1] == weights._version:
-            return entry[2]
+        if entry is not None and entry.source is weights and entry.version == weights._version:
+            return entry
         live = weights.reshape(weights.shape[0], -1).any(dim=1).tolist()
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[id(weights)] = (weights, weights._version, live)
-        return live
+        entry = SlotWeights(weights, weights._version, live, expand)
+        self._entries[id(weights)] = entry
+        return entry
 
 
-live_slots = LiveSlots()
+slot_weights = SlotWeightsCache()
 
 
-def _active_groups(plan: TokenPlan, weights: torch.Tensor) -> list[TokenGroup]:
-    live = live_slots(weights)
-    return [g for g in plan.groups if g.slot != NO_ADAPTER and live[g.slot]]
+def _active_groups(plan: TokenPlan, weights: SlotWeights) -> list[TokenGroup]:
+    return [g for g in plan.groups if g.slot != NO_ADAPTER and weights.live[g.slot]]
 
 
 def _use_all_slots(plan: TokenPlan, active: list[TokenGroup]) -> bool:
     return len(active) > 1 and plan.tokens <= DENSE_MAX_TOKENS
-
-
-def _slot_matrices(weights: torch.Tensor) -> torch.Tensor:
-    """Stacked weights ``[slots, 1, out, in]`` or ``[slots, out, in]`` as ``[slots, out, in]``."""
-    return weights.reshape(weights.shape[0], weights.shape[-2], weights.shape[-1])
 
 
 def grouped_shrink(
@@ -175,23 +208,25 @@ def grouped_shrink(
     """``output[t, :rank] = scaling * inputs[t] @ A[slot(t)].T``, in the output's dtype (fp32).
 
     Tokens without an adapter, or whose adapter has no weights here, get zeros."""
-    matrices = _slot_matrices(lora_a_weights)
-    rank = matrices.shape[1]
+    weights = slot_weights.get(lora_a_weights, expand=False)
+    rank = weights.rank
     dtype = output_tensor.dtype
     target = output_tensor[:, :rank]
-    active = _active_groups(plan, lora_a_weights)
+    active = _active_groups(plan, weights)
     if len(active) != len(plan.groups):
         target.zero_()
+    if not active:
+        return
+    x = inputs.to(dtype)
     if _use_all_slots(plan, active):
-        every_slot = inputs.to(dtype) @ matrices.reshape(-1, matrices.shape[-1]).to(dtype).t()
-        picked = every_slot.gather(1, plan.columns(rank))
+        product = (x @ weights.transposed().to(dtype)).gather(1, plan.columns(rank))
         if plan.has_base_tokens:
-            picked.mul_(plan.valid())
-        target.copy_(picked.mul_(scaling))
+            product.mul_(plan.valid())
+        target.copy_(product if scaling == 1.0 else product.mul_(scaling))
         return
     for group in active:
-        product = inputs[group.rows].to(dtype) @ matrices[group.slot].to(dtype).t()
-        target[group.rows] = scaling * product
+        product = x[group.rows] @ weights.of_slot(group.slot).to(dtype)
+        target[group.rows] = product if scaling == 1.0 else product.mul_(scaling)
 
 
 def grouped_expand(
@@ -201,33 +236,38 @@ def grouped_expand(
     """``output[t, columns] (+)= inputs[t] @ B[slot(t)].T``, in the output's dtype.
 
     ``columns`` is the output slice (expand_slice) or the width both sides share (expand:
-    the adapter and the model may pad the output differently). Without ``add_inputs``,
-    tokens without a delta get zeros, as the stock ops would write."""
-    matrices = _slot_matrices(lora_b_weights)[:, : columns.stop - columns.start]
-    rank = matrices.shape[-1]
+    the adapter and the model may pad the output differently). The product is summed in
+    fp32 from the 16-bit inputs and weights, so it is the correctly rounded value of the
+    stock bf16 einsum (and the CPU's fp32 GEMM is several times faster than its bf16 one
+    at an inner dimension of 8-64). Without ``add_inputs``, tokens without a delta get
+    zeros, as the stock ops would write."""
+    weights = slot_weights.get(lora_b_weights, expand=True)
+    rank = weights.rank
+    width = columns.stop - columns.start
     dtype = output_tensor.dtype
     target = output_tensor[:, columns]
-    rows = inputs[:, :rank].to(dtype)
-    if inputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+    broadcast = inputs.shape[0] == 1 and output_tensor.shape[0] != 1
+    if broadcast:
         # vLLM's op broadcasts the first token's delta over every output row.
         plan = plan_from_token_slots(plan.token_slots[:1])
-    active = _active_groups(plan, lora_b_weights)
+    active = _active_groups(plan, weights)
     if not add_inputs and len(active) != len(plan.groups):
         target.zero_()
-    if _use_all_slots(plan, active) and inputs.shape[0] == output_tensor.shape[0]:
-        every_slot = torch.zeros(plan.tokens, matrices.shape[0] * rank)
-        every_slot.scatter_(1, plan.columns(rank), rows.float() * plan.valid() if plan.has_base_tokens
-                            else rows.float())
-        stacked = matrices.permute(0, 2, 1).reshape(-1, matrices.shape[1]).float()
-        product = (every_slot @ stacked).to(dtype)
+    if not active:
+        return
+    # The stock op rounds its fp32 input to the output dtype first; so does this.
+    x = inputs[:, :rank].to(dtype).float()
+    if _use_all_slots(plan, active) and not broadcast:
+        every_slot = torch.zeros(plan.tokens, weights.transposed().shape[0])
+        every_slot.scatter_(1, plan.columns(rank), x * plan.valid() if plan.has_base_tokens else x)
+        product = (every_slot @ weights.transposed()[:, :width]).to(dtype)
         if add_inputs:
             target.add_(product)
         else:
             target.copy_(product)
         return
-    broadcast = inputs.shape[0] == 1 and output_tensor.shape[0] != 1
     for group in active:
-        product = _product(rows[group.rows], matrices[group.slot])
+        product = (x[group.rows] @ weights.of_slot(group.slot)[:, :width]).to(dtype)
         out_rows = slice(None) if broadcast else group.rows
         if not add_inputs:
             target[out_rows] = product
@@ -235,17 +275,6 @@ def grouped_expand(
             target[out_rows].add_(product)
         else:
             target.index_add_(0, out_rows, product)
-
-
-def _product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``rows @ weight.T`` in ``rows``' dtype, accumulated in fp32.
-
-    Products of 16-bit values are exact in fp32, so this is the correctly rounded result
-    the stock bf16 einsum approximates, and the CPU's fp32 GEMM is several times faster
-    than its bf16 one at LoRA ranks (an inner dimension of 8-64)."""
-    if rows.dtype == torch.float32:
-        return rows @ weight.t()
-    return (rows.float() @ weight.float().t()).to(rows.dtype)
 
 
 def _common_columns(lora_b_weights: torch.Tensor, output_tensor: torch.Tensor) -> slice:
