@@ -30,6 +30,8 @@ $(STAMP): pyproject.toml Makefile
 	# vLLM's CPU build pulls torchvision/torchaudio wheels that do not import beside its
 	# torch and break transformers; agentstack needs neither.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	# vLLM's own command (`vllm serve`, `vllm bench serve`) looks up a distribution named vllm.
+	$(BIN)/python -m agentstack.vllm_ext.dist_alias
 	touch $(STAMP)
 
 setup: $(STAMP)

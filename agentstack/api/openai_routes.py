@@ -29,10 +29,14 @@ from agentstack.api.schemas import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
     RouteRequest,
     RouteResponse,
+    TokenizeRequest,
+    TokenizeResponse,
     Tool,
     Usage,
     _SamplingFields,
@@ -277,12 +281,15 @@ async def chat_events(service: Service, plan: ChatPlan, model: str, *, include_u
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return chat_chunk(request_id, created, model, delta, finish)
 
-    yield sse(chunk({"role": "assistant", "content": ""}))
     sent = 0
     hold = forced or think
     final = None
     try:
         async for output in service.stream(role, prompt_ids, sampling, request_id=request_id):
+            if final is None:
+                # As vLLM does: the first chunk leaves with the first token, so a client's
+                # time to first token means the same thing here as against vLLM.
+                yield sse(chunk({"role": "assistant", "content": ""}))
             final = output
             text = output.outputs[0].text
             if hold or (tools and may_become_tool_call(text)):
@@ -370,6 +377,32 @@ async def _completion_events(
         if delta or finish:
             yield sse(chunk(delta, finish))
     yield sse("[DONE]")
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """The token ids the engine would serve for a prompt (or a chat, with the role's system
+    prompt and the model's template), as vLLM's server answers it."""
+    service = service_of(request)
+    role = resolve_role(request, body.model or service.base_name)
+    assert service.engine is not None
+    if body.messages is not None:
+        turns = render_messages(body.messages, system_prompt=role.spec.system_prompt, tools=None, think=False)
+        tokens = service.engine.chat_prompt(turns)
+    else:
+        tokens = list(service.engine.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+    return TokenizeResponse(count=len(tokens), max_model_len=service.settings.max_model_len, tokens=tokens)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    service = service_of(request)
+    resolve_role(request, body.model or service.base_name)
+    assert service.engine is not None
+    vocab = len(service.engine.tokenizer)
+    if any(t >= vocab for t in body.tokens):
+        raise InvalidRequest(f"token ids must be below the vocabulary size {vocab}", param="tokens")
+    return DetokenizeResponse(prompt=service.engine.tokenizer.decode(body.tokens))
 
 
 @router.get("/v1/models")

@@ -13,8 +13,8 @@ get no delta, as in vLLM's GPU kernels.
 
 Adapter slots whose weights are all zero are skipped: vLLM wraps every projection a
 model supports, so an adapter of q/v/o still pays for k, gate_up and down, and the stock
-ops multiply those zeros. Which slots hold weights, and the weights transposed to fp32
-once rather than converted in every op, are cached per stacked-weight tensor and its
+ops multiply those zeros. Which slots hold weights, and the weights in fp32 (converted
+once rather than in every op), are cached per stacked-weight tensor and its
 version counter, which every in-place write bumps (vLLM writes a slot in place when it
 loads or evicts an adapter), so a stale answer is never read.
 
@@ -133,37 +133,26 @@ def segment_plan(seq_lens: torch.Tensor, segment_slots: torch.Tensor) -> TokenPl
 @dataclass(slots=True)
 class SlotWeights:
     """One stacked-weight tensor as the ops use it: which slots hold weights and, once a
-    live slot is used, every slot's matrix transposed in fp32, laid out for ``x @ W``.
-
-    Shrink weights ``[slots, (1,) rank, in]`` become ``[in, slots * rank]`` (slot s: columns
-    s*rank to (s+1)*rank); expand weights ``[slots, (1,) out, rank]`` become
-    ``[slots * rank, out]`` (slot s: rows s*rank to (s+1)*rank). Either way a product over
-    all slots is one GEMM, and one slot's is a view of the same matrix."""
+    live slot is used, every slot's matrix in fp32 (``[slots, rows, cols]``, converted once
+    per adapter load instead of in every op)."""
 
     source: torch.Tensor
     version: int
     live: list[bool]
-    expand: bool
-    _transposed: torch.Tensor | None = None
+    _fp32: torch.Tensor | None = None
 
     @property
-    def rank(self) -> int:
-        return self.source.shape[-1] if self.expand else self.source.shape[-2]
+    def rows(self) -> int:
+        return self.source.shape[-2]
 
-    def transposed(self) -> torch.Tensor:
-        if self._transposed is None:
-            slots, rows, cols = self.source.shape[0], self.source.shape[-2], self.source.shape[-1]
-            matrices = self.source.reshape(slots, rows, cols).float()
-            if self.expand:
-                self._transposed = matrices.permute(0, 2, 1).reshape(slots * cols, rows).contiguous()
-            else:
-                self._transposed = matrices.reshape(slots * rows, cols).t().contiguous()
-        return self._transposed
+    @property
+    def cols(self) -> int:
+        return self.source.shape[-1]
 
-    def of_slot(self, slot: int) -> torch.Tensor:
-        r = self.rank
-        weights = self.transposed()
-        return weights[slot * r:(slot + 1) * r] if self.expand else weights[:, slot * r:(slot + 1) * r]
+    def fp32(self) -> torch.Tensor:
+        if self._fp32 is None:
+            self._fp32 = self.source.reshape(self.source.shape[0], self.rows, self.cols).float()
+        return self._fp32
 
 
 class SlotWeightsCache:
@@ -178,14 +167,14 @@ class SlotWeightsCache:
     def __init__(self) -> None:
         self._entries: dict[int, SlotWeights] = {}
 
-    def get(self, weights: torch.Tensor, *, expand: bool) -> SlotWeights:
+    def get(self, weights: torch.Tensor) -> SlotWeights:
         entry = self._entries.get(id(weights))
         if entry is not None and entry.source is weights and entry.version == weights._version:
             return entry
         live = weights.reshape(weights.shape[0], -1).any(dim=1).tolist()
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        entry = SlotWeights(weights, weights._version, live, expand)
+        entry = SlotWeights(weights, weights._version, live)
         self._entries[id(weights)] = entry
         return entry
 
@@ -201,6 +190,13 @@ def _use_all_slots(plan: TokenPlan, active: list[TokenGroup]) -> bool:
     return len(active) > 1 and plan.tokens <= DENSE_MAX_TOKENS
 
 
+def _token_dot(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``x[t] @ matrix.T`` for every token, as the stock op's einsum computes it: the
+    matrix is broadcast over tokens (a view), not copied per token, and the kernel and so
+    the summation order, hence every bit of the result, are the stock op's."""
+    return torch.einsum("bi, boi -> bo", x, matrix.expand(x.shape[0], *matrix.shape))
+
+
 def grouped_shrink(
     inputs: torch.Tensor, lora_a_weights: torch.Tensor, output_tensor: torch.Tensor,
     plan: TokenPlan, scaling: float,
@@ -208,8 +204,8 @@ def grouped_shrink(
     """``output[t, :rank] = scaling * inputs[t] @ A[slot(t)].T``, in the output's dtype (fp32).
 
     Tokens without an adapter, or whose adapter has no weights here, get zeros."""
-    weights = slot_weights.get(lora_a_weights, expand=False)
-    rank = weights.rank
+    weights = slot_weights.get(lora_a_weights)
+    rank = weights.rows
     dtype = output_tensor.dtype
     target = output_tensor[:, :rank]
     active = _active_groups(plan, weights)
@@ -218,14 +214,15 @@ def grouped_shrink(
     if not active:
         return
     x = inputs.to(dtype)
+    matrices = weights.fp32().to(dtype)
     if _use_all_slots(plan, active):
-        product = (x @ weights.transposed().to(dtype)).gather(1, plan.columns(rank))
+        product = _token_dot(x, matrices.reshape(-1, weights.cols)).gather(1, plan.columns(rank))
         if plan.has_base_tokens:
             product.mul_(plan.valid())
         target.copy_(product if scaling == 1.0 else product.mul_(scaling))
         return
     for group in active:
-        product = x[group.rows] @ weights.of_slot(group.slot).to(dtype)
+        product = _token_dot(x[group.rows], matrices[group.slot])
         target[group.rows] = product if scaling == 1.0 else product.mul_(scaling)
 
 
@@ -236,13 +233,13 @@ def grouped_expand(
     """``output[t, columns] (+)= inputs[t] @ B[slot(t)].T``, in the output's dtype.
 
     ``columns`` is the output slice (expand_slice) or the width both sides share (expand:
-    the adapter and the model may pad the output differently). The product is summed in
-    fp32 from the 16-bit inputs and weights, so it is the correctly rounded value of the
-    stock bf16 einsum (and the CPU's fp32 GEMM is several times faster than its bf16 one
-    at an inner dimension of 8-64). Without ``add_inputs``, tokens without a delta get
-    zeros, as the stock ops would write."""
-    weights = slot_weights.get(lora_b_weights, expand=True)
-    rank = weights.rank
+    the adapter and the model may pad the output differently). The stock op multiplies
+    in the output dtype; a 16-bit GEMM on this CPU accumulates in fp32 and rounds once, so
+    the product of the 16-bit values summed in fp32 and rounded is the same number, and
+    the CPU's fp32 GEMM is several times faster than its bf16 one at an inner dimension of
+    8-64. Without ``add_inputs``, tokens without a delta get zeros, as the stock ops write."""
+    weights = slot_weights.get(lora_b_weights)
+    rank = weights.cols
     width = columns.stop - columns.start
     dtype = output_tensor.dtype
     target = output_tensor[:, columns]
@@ -257,17 +254,26 @@ def grouped_expand(
         return
     # The stock op rounds its fp32 input to the output dtype first; so does this.
     x = inputs[:, :rank].to(dtype).float()
-    if _use_all_slots(plan, active) and not broadcast:
-        every_slot = torch.zeros(plan.tokens, weights.transposed().shape[0])
-        every_slot.scatter_(1, plan.columns(rank), x * plan.valid() if plan.has_base_tokens else x)
-        product = (every_slot @ weights.transposed()[:, :width]).to(dtype)
+    matrices = weights.fp32()[:, :width]
+    if _use_all_slots(plan, active) and not broadcast and dtype != torch.float32:
+        # Every slot's product for every token (one batched GEMM, inner dimension rank as
+        # in the stock op), then each token's own slot's row.
+        per_slot = torch.bmm(x.expand(matrices.shape[0], *x.shape), matrices.transpose(1, 2))
+        slots = plan.columns(1).t().unsqueeze(-1).expand(1, plan.tokens, width)
+        product = per_slot.gather(0, slots).squeeze(0)
+        if plan.has_base_tokens:
+            product.mul_(plan.valid())
+        product = product.to(dtype)
         if add_inputs:
             target.add_(product)
         else:
             target.copy_(product)
         return
     for group in active:
-        product = (x[group.rows] @ weights.of_slot(group.slot)[:, :width]).to(dtype)
+        if dtype == torch.float32:
+            product = _token_dot(x[group.rows], matrices[group.slot])
+        else:
+            product = (x[group.rows] @ matrices[group.slot].t()).to(dtype)
         out_rows = slice(None) if broadcast else group.rows
         if not add_inputs:
             target[out_rows] = product
