@@ -17,7 +17,7 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-.PHONY: setup run test test-reliability test-fast bench-serve bench-graph bench-cache bench-fuzz bench-load bench-security bench-faults \
+.PHONY: setup run test test-reliability test-fast bench-engine bench-vllm gpu-check bench-serve bench-graph bench-cache bench-fuzz bench-load bench-security bench-faults \
 	bench-reliability adapters reasoner gate eval-gate eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
@@ -48,6 +48,18 @@ test-reliability: setup
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+
+# Role adapters against the base model on one engine (grouped LoRA ops on and off).
+bench-engine: setup
+	$(BIN)/agentstack bench engine
+
+# agentstack against a plain `vllm serve` with the same adapters, driven by `vllm bench serve`.
+bench-vllm: setup
+	$(BIN)/agentstack bench vllm
+
+# On a machine with an NVIDIA GPU: the gpu extra, the engine, the cache modes, bench engine.
+gpu-check:
+	bash .ci/gpu-check
 
 bench-serve: setup
 	$(BIN)/agentstack bench serve

@@ -181,7 +181,7 @@ def bench_serve(
 @bench_app.command("engine")
 def bench_engine(
     prompts: Annotated[int, typer.Option(help="Requests per batch.", min=1)] = 8,
-    rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 2,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 3,
     prefill_tokens: Annotated[int, typer.Option(help="Prompt length of the prefill-heavy batch.", min=8)] = 1000,
     decode_tokens: Annotated[int, typer.Option(help="Output length of the decode-heavy batch.", min=2)] = 128,
     model: ModelOption = None,
@@ -199,6 +199,27 @@ def bench_engine(
         print(json.dumps(result.summary()))
     else:
         console.print(result.table())
+
+
+@bench_app.command("vllm")
+def bench_vllm(
+    prompts: Annotated[int, typer.Option(help="Requests per server.", min=1)] = 48,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.", min=1)] = 8,
+    model: ModelOption = None,
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """agentstack against a plain `vllm serve` (same adapters and engine settings), by `vllm bench serve`."""
+    from agentstack.bench.vllm_compare import VllmBenchConfig, run_vllm_bench
+
+    config = VllmBenchConfig(prompts=prompts, concurrency=concurrency, report_dir=report_dir)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_vllm_bench(_settings(), _model_dir(model), config,
+                                progress=lambda line: console.print(line, style="dim"))
+    if as_json:
+        print(json.dumps(result.summary()))
+    elif result.report is not None:
+        console.print(result.report.read_text())
 
 
 @bench_app.command("graph")

@@ -30,6 +30,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class EngineConfigError(ValueError):
+    """Settings this engine cannot honour on this machine; the service refuses to start."""
+
+
+def check_platform(settings: Settings, *, is_cpu: bool) -> None:
+    """The shared cache modes are built and verified on the CPU engine only: their KV
+    connector reads and writes blocks with a CPU attention helper. Until they are
+    verified on a GPU engine, a GPU engine refuses them instead of serving them untested."""
+    if not is_cpu and settings.cache.mode is not CacheMode.NON_SHARED:
+        raise EngineConfigError(
+            f"cache.mode={settings.cache.mode.value} runs on the CPU engine only (its KV connector is not "
+            "verified on GPUs yet); use cache.mode=non-shared on this GPU engine"
+        )
+
+
 class AdapterLoadError(ValueError):
     """An adapter directory could not be loaded by the engine (missing, corrupt, wrong shape)."""
 
@@ -93,8 +108,10 @@ class Engine:
         """Build the engine. Blocking: loads weights and profiles memory (tens of seconds on CPU)."""
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_platform(self.settings, is_cpu=current_platform.is_cpu())
         args = AsyncEngineArgs(**self.engine_args())
         stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)

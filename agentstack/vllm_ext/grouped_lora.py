@@ -182,6 +182,30 @@ class SlotWeightsCache:
 slot_weights = SlotWeightsCache()
 
 
+class ConvertedInput:
+    """The last shrink input converted to the buffer's dtype, reused for the same tensor.
+
+    vLLM shrinks the same activations once per slice (q, k and v of one projection): the
+    punica wrapper passes one view object to every slice's op, and makes a new view for
+    the next projection. Converting a prefill chunk costs more than its rank-16 product.
+    The entry is held by identity (so its id is not reused); activations are inference
+    tensors, which have no version counter, and nothing writes them between the slices."""
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._converted: torch.Tensor | None = None
+
+    def __call__(self, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if inputs.dtype == dtype:
+            return inputs
+        if self._source is not inputs or self._converted is None or self._converted.dtype != dtype:
+            self._source, self._converted = inputs, inputs.to(dtype)
+        return self._converted
+
+
+converted_input = ConvertedInput()
+
+
 def _active_groups(plan: TokenPlan, weights: SlotWeights) -> list[TokenGroup]:
     return [g for g in plan.groups if g.slot != NO_ADAPTER and weights.live[g.slot]]
 
@@ -191,10 +215,11 @@ def _use_all_slots(plan: TokenPlan, active: list[TokenGroup]) -> bool:
 
 
 def _token_dot(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """``x[t] @ matrix.T`` for every token, as the stock op's einsum computes it: the
-    matrix is broadcast over tokens (a view), not copied per token, and the kernel and so
-    the summation order, hence every bit of the result, are the stock op's."""
-    return torch.einsum("bi, boi -> bo", x, matrix.expand(x.shape[0], *matrix.shape))
+    """``x[t] @ matrix.T`` for every token, with the kernel of the stock op's einsum (a
+    batched product, one token per batch): the matrix is broadcast over tokens (a view),
+    not copied per token, and the summation order, hence every bit of the result, is the
+    stock op's."""
+    return torch.bmm(x.unsqueeze(1), matrix.t().expand(x.shape[0], *matrix.t().shape)).squeeze(1)
 
 
 def grouped_shrink(
@@ -213,7 +238,7 @@ def grouped_shrink(
         target.zero_()
     if not active:
         return
-    x = inputs.to(dtype)
+    x = converted_input(inputs, dtype)
     matrices = weights.fp32().to(dtype)
     if _use_all_slots(plan, active):
         product = _token_dot(x, matrices.reshape(-1, weights.cols)).gather(1, plan.columns(rank))

@@ -231,6 +231,9 @@ def test_every_object_is_valid_for_kubernetes(chart: helm_python.Chart, name: st
         {"engine": {"devcie": "gpu"}},
         {"engine": {"sharedCache": {"mode": "shared"}}},
         {"engine": {"sharedCache": {"blockSize": 100}}},
+        # The shared cache modes are CPU-only until verified on a GPU engine.
+        {"engine": {"device": "gpu", "sharedCache": {"mode": "decomposed"}}},
+        {"engine": {"device": "gpu", "sharedCache": {"mode": "full-shared"}}},
     ],
     ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip(),
 )
