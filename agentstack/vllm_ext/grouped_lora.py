@@ -27,6 +27,7 @@ replaces a product per adapter: fewer, larger ops, which is what a CPU step is s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -310,6 +311,41 @@ def grouped_expand(
 
 def _common_columns(lora_b_weights: torch.Tensor, output_tensor: torch.Tensor) -> slice:
     return slice(0, min(lora_b_weights.shape[-2], output_tensor.shape[1]))
+
+
+def add_lora_linear(
+    self: Any,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a_stacked: tuple[torch.Tensor, ...],
+    lora_b_stacked: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    *,
+    buffer: tuple[torch.Tensor, ...] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``PunicaWrapperCPU.add_lora_linear``: shrink then expand each slice, as vLLM does,
+    but with the step's token plan built once and slices skipped whose active adapters
+    hold no weights there (k, gate_up and down for a q/v/o adapter) before any buffer is
+    made. A decode step is a few hundred such calls; their fixed cost is what it spends."""
+    if self.is_prefill:
+        if self.no_lora:
+            return
+        _, seq_lens, segment_slots, *_ = self.prefill_metadata
+        plan = segment_plan(seq_lens, segment_slots)
+    else:
+        plan = token_plan(self.token_lora_indices)
+    x = x.view(-1, x.shape[-1])
+    y = y.view(-1, y.shape[-1])
+    offset = 0
+    for index, (a, b, width) in enumerate(zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True)):
+        shrink, expand = slot_weights.get(a), slot_weights.get(b)
+        if any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups):
+            deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], shrink.rows)
+            grouped_shrink(x, a, deltas, plan, scale)
+            grouped_expand(deltas, b, y, plan, True, slice(offset, offset + width))
+        offset += width
 
 
 # The six ops, with vLLM's signatures (``vllm/lora/ops/torch_ops/lora_ops.py``).

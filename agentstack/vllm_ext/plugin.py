@@ -3,8 +3,9 @@
 vLLM runs every ``vllm.general_plugins`` entry point in each of its processes, before a
 model is built, so the worker that runs the model gets the ops whichever way the engine
 was started (agentstack, ``vllm serve``, ``vllm.LLM``). The patch replaces the six op
-names that ``vllm.lora.punica_wrapper.punica_cpu`` imports; it is written against one vLLM
-release and leaves any other release untouched, with one warning.
+names that ``vllm.lora.punica_wrapper.punica_cpu`` imports and its wrapper's
+``add_lora_linear`` (which skips slices without weights); it is written against one
+vLLM release and leaves any other release untouched, with one warning.
 
 ``AGENTSTACK_GROUPED_LORA=0`` turns it off (for comparison with stock vLLM).
 """
@@ -52,6 +53,9 @@ def install_grouped_lora(vllm_version: str | None = None) -> bool:
     return True
 
 
+_stock_add_lora_linear: dict[str, object] = {}
+
+
 def use_grouped_lora(enabled: bool) -> bool:
     """Switch the CPU punica wrapper between the grouped ops and vLLM's own, in this process.
 
@@ -60,10 +64,16 @@ def use_grouped_lora(enabled: bool) -> bool:
     from vllm.lora.ops import torch_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
+    from agentstack.vllm_ext import grouped_lora
 
-    for name, op in GROUPED_OPS.items():
+    wrapper = punica_cpu.PunicaWrapperCPU
+    current = wrapper.__dict__["add_lora_linear"]
+    if current is not grouped_lora.add_lora_linear:
+        _stock_add_lora_linear.setdefault("add_lora_linear", current)
+    for name, op in grouped_lora.GROUPED_OPS.items():
         setattr(punica_cpu, name, op if enabled else getattr(torch_ops, name))
+    wrapper.add_lora_linear = (  # type: ignore[method-assign]
+        grouped_lora.add_lora_linear if enabled else _stock_add_lora_linear["add_lora_linear"])
     return enabled
 
 
@@ -71,9 +81,10 @@ def grouped_lora_in_use() -> bool:
     """Whether this process's CPU punica wrapper runs the grouped ops."""
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
+    from agentstack.vllm_ext import grouped_lora
 
-    return all(getattr(punica_cpu, name) is op for name, op in GROUPED_OPS.items())
+    return (punica_cpu.PunicaWrapperCPU.__dict__["add_lora_linear"] is grouped_lora.add_lora_linear
+            and all(getattr(punica_cpu, name) is op for name, op in grouped_lora.GROUPED_OPS.items()))
 
 
 def register() -> None:

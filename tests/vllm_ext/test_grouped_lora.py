@@ -153,3 +153,38 @@ def test_weights_rewritten_in_place_are_seen() -> None:
     a[1] = 0  # evicted
     grouped.bgmv_shrink(x, a, out, torch.tensor([1, 1, 1]), 1.0)
     assert out.abs().sum() == 0
+
+
+@pytest.mark.parametrize("pattern", ["interleaved roles", "with base tokens", "long prefill of three roles",
+                                     "decode step of three roles", "base only"])
+@pytest.mark.parametrize("is_prefill", [True, False], ids=["prefill", "decode"])
+def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool) -> None:
+    """The whole projection (q/k/v slices, k without weights, as a q/v/o adapter leaves it)
+    through vLLM's CPU punica wrapper, stock and grouped."""
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    torch.manual_seed(4)
+    slots = PATTERNS[pattern]
+    # vLLM maps requests to adapter ids, then ids to slots; slot i here holds adapter id i + 1.
+    mapping = LoRAMapping([s + 1 if s >= 0 else 0 for s in slots], [0], is_prefill=is_prefill)
+    wrapper = PunicaWrapperCPU(256, 256, device="cpu")
+    wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 1000)
+    x = torch.randn(len(slots), 96, dtype=torch.bfloat16)
+    widths = (64, 32, 32)
+    a = tuple(_weights((16, 96), torch.bfloat16, dead_slot=None) for _ in widths)
+    b = tuple(_weights((w, 16), torch.bfloat16, dead_slot=None) for w in widths)
+    a[1].zero_(), b[1].zero_()  # k: no adapter touches it
+    expected = torch.randn(len(slots), sum(widths)).to(torch.bfloat16)
+    actual = expected.clone()
+    stock_a = tuple(_with_zero_slot(w) for w in a)
+    stock_b = tuple(_with_zero_slot(w) for w in b)
+    original = PunicaWrapperCPU.__dict__["add_lora_linear"]
+    wrapper._token_lora_indices.copy_(torch.where(wrapper._token_lora_indices < 0, SLOTS,
+                                                  wrapper._token_lora_indices))
+    if is_prefill:
+        wrapper._update_prefill_metadata(wrapper.token_lora_indices)
+    original(wrapper, expected, x, stock_a, stock_b, 1.0, widths)
+    wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 1000)
+    grouped.add_lora_linear(wrapper, actual, x, a, b, 1.0, widths)
+    _assert_same(actual, expected)

@@ -16,6 +16,7 @@ from vllm.lora.ops import torch_ops
 from vllm.lora.punica_wrapper import punica_cpu
 
 from agentstack.vllm_ext import plugin
+from agentstack.vllm_ext import grouped_lora
 from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
 
 
@@ -27,7 +28,8 @@ def stock_ops() -> None:
 
 
 def _uses_stock() -> bool:
-    return all(getattr(punica_cpu, name) is getattr(torch_ops, name) for name in GROUPED_OPS)
+    return (all(getattr(punica_cpu, name) is getattr(torch_ops, name) for name in GROUPED_OPS)
+            and punica_cpu.PunicaWrapperCPU.add_lora_linear is not grouped_lora.add_lora_linear)
 
 
 def test_plugin_is_a_vllm_entry_point() -> None:
