@@ -184,15 +184,20 @@ def bench_engine(
     rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 3,
     prefill_tokens: Annotated[int, typer.Option(help="Prompt length of the prefill-heavy batch.", min=8)] = 1000,
     decode_tokens: Annotated[int, typer.Option(help="Output length of the decode-heavy batch.", min=2)] = 128,
+    kinds: Annotated[str, typer.Option(
+        help="Request kinds to run, comma-separated: base, lora, mixed, mixed_stock.")] = "base,lora,mixed,mixed_stock",
     model: ModelOption = None,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Base model, one role, three roles mixed and the mix on vLLM's own LoRA ops, on one engine."""
-    from agentstack.bench.engine import EngineBenchConfig, run_engine_bench
+    from agentstack.bench.engine import KINDS, EngineBenchConfig, run_engine_bench
 
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    if not chosen or any(k not in KINDS for k in chosen):
+        raise typer.BadParameter(f"kinds must be among {', '.join(KINDS)}", param_hint="--kinds")
     config = EngineBenchConfig(prompts=prompts, rounds=rounds, prefill_tokens=prefill_tokens,
-                               decode_tokens=decode_tokens, report_dir=report_dir)
+                               decode_tokens=decode_tokens, report_dir=report_dir, kinds=chosen)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_engine_bench(_settings(), _model_dir(model), config, quiet=as_json)
     if as_json:

@@ -60,6 +60,8 @@ class EngineBenchConfig:
     roles: tuple[str, ...] = ("selector", "arguments", "single")
     report_dir: Path = Path("reports")
     seed: int = 0
+    kinds: tuple[str, ...] = KINDS
+    """A subset runs faster (settings comparisons); ratios without their kinds are null."""
 
     @property
     def workloads(self) -> tuple[Workload, Workload]:
@@ -103,7 +105,8 @@ class EngineBenchResult:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            w: {f"{k}_tok_s": round(m.tok_s, 1) for k, m in kinds.items()} for w, kinds in self.measured.items()
+            w: {f"{k}_tok_s": round(kinds[k].tok_s, 1) if k in kinds else None for k in KINDS}
+            for w, kinds in self.measured.items()
         }
         out["ratios"] = {
             "prefill_mixed_vs_base": _ratio(out["prefill"]["mixed_tok_s"], out["prefill"]["base_tok_s"]),
@@ -124,7 +127,7 @@ class EngineBenchResult:
         s = self.summary()
         table = Table("requests", "prefill tok/s", "decode tok/s",
                       title=f"bench engine: {self.config.prompts} prompts per batch, {self.config.rounds} rounds")
-        for kind in KINDS:
+        for kind in self.config.kinds:
             table.add_row(KIND_TITLES[kind], f"{s['prefill'][f'{kind}_tok_s']:.1f}", f"{s['decode'][f'{kind}_tok_s']:.1f}")
         r = s["ratios"]
         table.caption = (f"mixed/base: prefill {r['prefill_mixed_vs_base']}, decode {r['decode_mixed_vs_base']}; "
@@ -132,8 +135,8 @@ class EngineBenchResult:
         return table
 
 
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else 0.0
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
 class EngineBench:
@@ -190,16 +193,16 @@ async def _bench(settings: Settings, model_dir: Path, config: EngineBenchConfig,
         bench = EngineBench(engine, adapters, config)
         warm = EngineBenchConfig(prompts=2, prefill_tokens=64, decode_prompt_tokens=8, decode_tokens=4)
         for workload in warm.workloads:
-            for kind in KINDS:
+            for kind in config.kinds:
                 await bench.run_batch(workload, kind)
         result = EngineBenchResult(config=config, settings=_engine_settings(settings))
-        result.measured = {w.name: {k: Rounds() for k in KINDS} for w in config.workloads}
+        result.measured = {w.name: {k: Rounds() for k in config.kinds} for w in config.workloads}
         with Progress(disable=quiet, transient=True) as progress:
-            task = progress.add_task("bench engine", total=config.rounds * 2 * len(KINDS))
+            task = progress.add_task("bench engine", total=config.rounds * 2 * len(config.kinds))
             for round_index in range(config.rounds):
                 # Rotate the order each round: no kind always runs first or last.
-                shift = round_index % len(KINDS)
-                order = KINDS[shift:] + KINDS[:shift]
+                shift = round_index % len(config.kinds)
+                order = config.kinds[shift:] + config.kinds[:shift]
                 for workload in config.workloads:
                     for kind in order:
                         progress.update(task, description=f"round {round_index + 1}: {workload.name}, {kind}")
@@ -231,15 +234,16 @@ def write_report(result: EngineBenchResult) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result.plot = grouped_bar_chart(
         out / "bench-engine.png", "bench engine: throughput by request kind (tok/s)",
-        {w: {KIND_TITLES[k]: s[w][f"{k}_tok_s"] for k in KINDS} for w in ("prefill", "decode")},
+        {w: {KIND_TITLES[k]: s[w][f"{k}_tok_s"] for k in c.kinds} for w in ("prefill", "decode")},
         ylabel="tokens/s",
     )
-    rows = [[KIND_TITLES[k], s["prefill"][f"{k}_tok_s"], s["decode"][f"{k}_tok_s"]] for k in KINDS]
+    rows = [[KIND_TITLES[k], s["prefill"][f"{k}_tok_s"], s["decode"][f"{k}_tok_s"]] for k in c.kinds]
     r = s["ratios"]
     text = "\n".join([
         "# bench engine",
         "",
-        f"Command: `agentstack bench engine --prompts {c.prompts} --rounds {c.rounds}`",
+        f"Command: `agentstack bench engine --prompts {c.prompts} --rounds {c.rounds}"
+        + (f" --kinds {','.join(c.kinds)}" if c.kinds != KINDS else "") + "`",
         "",
         f"One engine ({', '.join(f'{k}={v}' for k, v in s['config']['engine'].items())}); roles "
         f"{', '.join(c.roles)}. Prefill-heavy: {c.prompts} x {c.prefill_tokens}-token prompts, 1 output token. "

@@ -338,14 +338,24 @@ def add_lora_linear(
         plan = token_plan(self.token_lora_indices)
     x = x.view(-1, x.shape[-1])
     y = y.view(-1, y.shape[-1])
-    offset = 0
-    for index, (a, b, width) in enumerate(zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True)):
-        shrink, expand = slot_weights.get(a), slot_weights.get(b)
-        if any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups):
-            deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], shrink.rows)
-            grouped_shrink(x, a, deltas, plan, scale)
-            grouped_expand(deltas, b, y, plan, True, slice(offset, offset + width))
-        offset += width
+    live = [(index, offset, a, b, width) for index, (offset, a, b, width)
+            in enumerate(zip(_offsets(output_slices), lora_a_stacked, lora_b_stacked, output_slices, strict=True))
+            if _any_live(plan, a, b)]
+    if not live:
+        return
+    for index, offset, a, b, width in live:
+        deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], slot_weights.get(a).rows)
+        grouped_shrink(x, a, deltas, plan, scale)
+        grouped_expand(deltas, b, y, plan, True, slice(offset, offset + width))
+
+
+def _offsets(widths: tuple[int, ...]) -> list[int]:
+    return [sum(widths[:i]) for i in range(len(widths))]
+
+
+def _any_live(plan: TokenPlan, a: torch.Tensor, b: torch.Tensor) -> bool:
+    shrink, expand = slot_weights.get(a), slot_weights.get(b)
+    return any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups)
 
 
 # The six ops, with vLLM's signatures (``vllm/lora/ops/torch_ops/lora_ops.py``).

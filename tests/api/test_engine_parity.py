@@ -30,7 +30,7 @@ def test_base_model_through_service_equals_direct_vllm(base_url: str, model_dir:
         served.append(reply.json()["choices"][0]["message"]["content"])
 
     script = Path(__file__).parents[1] / "direct_vllm.py"
-    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # as the service sets it
     run = subprocess.run([sys.executable, str(script), str(model_dir), json.dumps(CONVERSATIONS)],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
