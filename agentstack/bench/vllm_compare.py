@@ -192,8 +192,9 @@ def write_report(result: VllmBenchResult) -> None:
         "output tok/s": {SIDES[k][0]: v["output_throughput"] for k, v in s["sides"].items()},
         "median TTFT (s)": {SIDES[k][0]: v["median_ttft_ms"] / 1000 for k, v in s["sides"].items()},
     })
-    rows = [[SIDES[k][0], v.get("completed"), v["output_throughput"], v["median_ttft_ms"], v.get("p99_ttft_ms"),
-             v.get("median_tpot_ms")] for k, v in s["sides"].items()]
+    rows = [[SIDES[k][0], int(v.get("completed", 0)), round(v["output_throughput"], 1),
+             round(v["median_ttft_ms"] / 1000, 2), round(v.get("p99_ttft_ms", 0.0) / 1000, 2),
+             round(v.get("median_tpot_ms", 0.0), 1)] for k, v in s["sides"].items()]
     r = s["ratios"]
     text = "\n".join([
         "# bench vllm",
@@ -202,7 +203,7 @@ def write_report(result: VllmBenchResult) -> None:
         f"(client: `vllm bench serve`, random dataset, {c.input_len} tokens in, {c.output_len} out, "
         f"`--lora-modules {' '.join(ROLES)}`, `--ignore-eos`).",
         "",
-        markdown_table(["server", "completed", "output tok/s", "median TTFT ms", "p99 TTFT ms",
+        markdown_table(["server", "completed", "output tok/s", "median TTFT s", "p99 TTFT s",
                         "median TPOT ms"], rows),
         "",
         f"agentstack (vLLM's LoRA ops) / plain vLLM: throughput **{r['agentstack_stock_vs_vllm_throughput']}**, "

@@ -336,26 +336,48 @@ def add_lora_linear(
         plan = segment_plan(seq_lens, segment_slots)
     else:
         plan = token_plan(self.token_lora_indices)
-    x = x.view(-1, x.shape[-1])
-    y = y.view(-1, y.shape[-1])
-    live = [(index, offset, a, b, width) for index, (offset, a, b, width)
-            in enumerate(zip(_offsets(output_slices), lora_a_stacked, lora_b_stacked, output_slices, strict=True))
-            if _any_live(plan, a, b)]
+    live = live_slices(plan, lora_a_stacked, lora_b_stacked, output_slices)
     if not live:
         return
+    x = x.view(-1, x.shape[-1])
+    y = y.view(-1, y.shape[-1])
     for index, offset, a, b, width in live:
         deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], slot_weights.get(a).rows)
         grouped_shrink(x, a, deltas, plan, scale)
         grouped_expand(deltas, b, y, plan, True, slice(offset, offset + width))
 
 
-def _offsets(widths: tuple[int, ...]) -> list[int]:
-    return [sum(widths[:i]) for i in range(len(widths))]
+LiveSlice = tuple[int, int, torch.Tensor, torch.Tensor, int]
+"""(slice index, output offset, stacked A, stacked B, output width)."""
 
 
-def _any_live(plan: TokenPlan, a: torch.Tensor, b: torch.Tensor) -> bool:
-    shrink, expand = slot_weights.get(a), slot_weights.get(b)
-    return any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups)
+class LiveSlicesCache:
+    """Per projection, the slices an adapter of this step writes, until the step's plan
+    or any of the projection's stacked weights changes (held, and checked by version).
+    In decode the plan lasts as long as the batch, so a projection no adapter touches
+    costs one lookup per step."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[tuple[torch.Tensor, ...], TokenPlan, tuple[int, ...], list[LiveSlice]]] = {}
+
+    def __call__(self, plan: TokenPlan, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
+                 widths: tuple[int, ...]) -> list[LiveSlice]:
+        versions = tuple(t._version for t in lora_a) + tuple(t._version for t in lora_b)
+        entry = self._entries.get(id(lora_a))
+        if entry is not None and entry[0] is lora_a and entry[1] is plan and entry[2] == versions:
+            return entry[3]
+        live = []
+        for index, (a, b, width) in enumerate(zip(lora_a, lora_b, widths, strict=True)):
+            shrink, expand = slot_weights.get(a), slot_weights.get(b)
+            if any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups):
+                live.append((index, sum(widths[:index]), a, b, width))
+        if len(self._entries) >= SlotWeightsCache.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[id(lora_a)] = (lora_a, plan, versions, live)
+        return live
+
+
+live_slices = LiveSlicesCache()
 
 
 # The six ops, with vLLM's signatures (``vllm/lora/ops/torch_ops/lora_ops.py``).
