@@ -112,22 +112,32 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         check_platform(self.settings, is_cpu=current_platform.is_cpu())
+        # vLLM's processes inherit this process's environment.
+        os.environ.update(self.engine_env())
         args = AsyncEngineArgs(**self.engine_args())
         stat_loggers = [self._stat_logger_factory()] if self.on_scheduler_stats else None
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
         logger.info("engine ready: model %s", self.model_dir.name)
 
+    def engine_env(self) -> dict[str, str]:
+        """The environment vLLM's processes need for these settings (also what a
+        ``vllm serve`` of the same engine needs)."""
+        from agentstack.vllm_ext.plugin import ENABLE_ENV
+
+        return {
+            # vLLM's CPU backend reserves one core for the frontend by default; on a small
+            # machine the API server is light enough to share it (docs/BENCHMARKS.md).
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+            # Read by this package's vLLM plugin in the engine's processes.
+            ENABLE_ENV: "1" if self.settings.grouped_lora else "0",
+        }
+
     def engine_args(self) -> dict[str, Any]:
         """vLLM's engine arguments for these settings (also what ``vllm serve`` needs to
-        build the same engine). Sets the process environment vLLM's processes inherit."""
-        from agentstack.vllm_ext.plugin import ENABLE_ENV, WORKER_EXTENSION
+        build the same engine)."""
+        from agentstack.vllm_ext.plugin import WORKER_EXTENSION
 
-        # vLLM's CPU backend reserves one core for the frontend by default; on a small
-        # machine the API server is light enough to share it (docs/BENCHMARKS.md).
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        # Read by this package's vLLM plugin in the engine's processes.
-        os.environ[ENABLE_ENV] = "1" if self.settings.grouped_lora else "0"
         return dict(
             model=str(self.model_dir),
             served_model_name=self.settings.served_model_name,

@@ -101,9 +101,10 @@ def vllm_serve_args(engine_args: dict[str, Any], port: int) -> list[str]:
 
 @contextmanager
 def _plain_vllm(settings: Settings, model_dir: Path, grouped: bool, log: Path) -> Iterator[str]:
-    engine_args = Engine(settings, model_dir).engine_args()
+    engine = Engine(settings, model_dir)
+    engine_args = engine.engine_args()
     port = free_port()
-    env = {**os.environ, ENABLE_ENV: "1" if grouped else "0"}
+    env = {**os.environ, **engine.engine_env(), ENABLE_ENV: "1" if grouped else "0"}
     vllm = Path(sys.executable).with_name("vllm")
     with log.open("ab") as out:
         process = subprocess.Popen([str(vllm), *vllm_serve_args(engine_args, port)], env=env,
