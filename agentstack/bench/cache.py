@@ -219,7 +219,7 @@ def _served_mode(
     engine = Engine(settings, prepare(settings.models_dir).path, on_scheduler_stats=on_stats)
     engine.start()
     result: dict[str, Any] = {"mode": mode, "rows": [], "outcomes": [], "stored_blocks": 0,
-                              "block_size": settings.cache.block_size}
+                              "block_size": settings.cache.block_size, "probe_prompts": []}
 
     async def run() -> None:
         adapters = {role: engine.new_adapter(role, _adapter(role)) for role in roles}
@@ -236,6 +236,7 @@ def _served_mode(
             for i, role in enumerate(roles):
                 question = engine.text_prompt("\n" + PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)])
                 await completer.request(role, context + question, 1)
+                result["probe_prompts"].append(context + question)
             completers.append(completer)
         else:
             for i, prompt in enumerate(toolboxes):

@@ -1,9 +1,9 @@
 """The served decomposed mode on the real vLLM CPU engine.
 
 Without sharing (each role under its own cache salt), the decomposed-attention model must
-answer as ordinary vLLM LoRA serving does, to bf16 tolerance: same greedy token, same
-top next-token log-probabilities. With sharing, a reader loads the writer's
-role-independent blocks and skips their prefill.
+answer as ordinary vLLM LoRA serving does: same greedy token, and top next-token
+log-probabilities about as close to the fp64 reference as stock serving's are. With
+sharing, a reader loads the writer's role-independent blocks and skips their prefill.
 
 Each engine runs in its own process through `agentstack.bench.cache served`, the path
 `agentstack bench cache` measures.
@@ -12,20 +12,30 @@ Each engine runs in its own process through `agentstack.bench.cache served`, the
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from cache.reference import ReferenceModel
 from tests.cache.conftest import shipped_family
 
 pytestmark = pytest.mark.slow
 
-LOGPROB_TOLERANCE = 0.15
-"""Largest |Δ log p| allowed on the top tokens: both engines run bf16, and the decomposed
-model sums V_base and the low-rank term after attention instead of before it."""
+NOISE_FACTOR = 2.0
+"""How far the decomposed engine may stray from the fp64 reference, in units of how far
+stock vLLM LoRA serving strays from it on the same prompts in the same run. Both engines
+run bf16, with kernels that differ by CPU (head size 64 takes AMX where 80 takes a vector
+kernel), so a fixed tolerance fails on one machine and hides errors on another; the stock
+engine's own error is the bf16 noise floor. A missing or wrong B moves these log-probs by
+3-12 nats on the shipped roles; the noise is about 0.1."""
+
+STOCK_SANITY = 0.5
+"""The stock engine must itself be close to the reference, or the reference is wrong."""
 
 
 def serve(mode: str, redis_url: str, out: Path, *extra: str) -> dict[str, Any]:
@@ -37,15 +47,29 @@ def serve(mode: str, redis_url: str, out: Path, *extra: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def test_decomposed_without_sharing_matches_lora_serving(tmp_path: Path, redis_url: str) -> None:
-    ordinary = serve("non-shared", redis_url, tmp_path / "ordinary.json")["rows"]
-    decomposed = serve("decomposed", redis_url, tmp_path / "decomposed.json", "--isolate")["rows"]
-    for want, got in zip(ordinary, decomposed, strict=True):
+def test_decomposed_without_sharing_matches_lora_serving(tmp_path: Path, redis_url: str, model_dir: Path) -> None:
+    ordinary = serve("non-shared", redis_url, tmp_path / "ordinary.json")
+    decomposed = serve("decomposed", redis_url, tmp_path / "decomposed.json", "--isolate")
+    assert ordinary["probe_prompts"] == decomposed["probe_prompts"]
+    reference = ReferenceModel(model_dir, dtype=torch.float64)
+    stock_errors, decomposed_errors = [], []
+    for adapter, prompt, want, got in zip(
+        shipped_family()[:2], ordinary["probe_prompts"], ordinary["rows"], decomposed["rows"], strict=True
+    ):
         assert got["cached_tokens"] == 0, "isolated roles must compute everything themselves"
         assert got["first_token"] == want["first_token"], want["role"]
-        top = sorted(want["logprobs"], key=want["logprobs"].__getitem__, reverse=True)[:5]
-        diffs = [abs(want["logprobs"][t] - got["logprobs"][t]) for t in top]
-        assert max(diffs) < LOGPROB_TOLERANCE, (want["role"], diffs)
+        expected = reference.forward(prompt, reference.load_role(adapter))[0][-1].log_softmax(-1)
+        top = expected.topk(5).indices.tolist()
+        stock_errors.append(_largest_error(expected, want["logprobs"], top))
+        decomposed_errors.append(_largest_error(expected, got["logprobs"], top))
+    noise = max(stock_errors)
+    assert noise < STOCK_SANITY, stock_errors
+    assert max(decomposed_errors) <= NOISE_FACTOR * noise, (decomposed_errors, stock_errors)
+
+
+def _largest_error(expected: torch.Tensor, served: dict[str, float], tokens: list[int]) -> float:
+    """Largest |Δ log p| over ``tokens``; a token the engine did not list counts as infinite."""
+    return max(abs(float(expected[t]) - served[str(t)]) if str(t) in served else math.inf for t in tokens)
 
 
 def test_decomposed_reader_reuses_the_writers_prefix(tmp_path: Path, redis_url: str) -> None:
