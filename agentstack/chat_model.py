@@ -1,12 +1,13 @@
 """Roles as LangChain chat models, so LangGraph nodes call them like any chat model.
 
-`RoleChatModel(role="planner")` talks to one role (or `auto`, the gate) either on the
-engine of the process it runs in — the server binds its service with `bind_service`,
-so graph nodes run on the shared backbone without HTTP — or, with `base_url`, on a
-remote agentstack server through its OpenAI-compatible endpoint. Both paths stream
-the same OpenAI chat-completion chunks (the in-process one runs the very code of the
-HTTP route), and one converter turns them into `AIMessageChunk`s: content, tool-call
-chunks, reasoning and token usage.
+`RoleChatModel(role="planner")` talks to one role, `auto` (the gate) or `tool-calling`
+either on the engine of the process it runs in — the server binds its service with
+`bind_service`, so graph nodes run on the shared backbone without HTTP — or, with
+`base_url`, on a remote agentstack server through its OpenAI-compatible endpoint. The
+in-process path calls the chat core (`agentstack.chat.dispatch`) the HTTP route calls,
+so a node gets exactly what an HTTP client gets; the remote path reads the same events
+back from the SSE stream. One converter turns events into `AIMessageChunk`s: content,
+tool-call chunks, reasoning and token usage.
 """
 
 from __future__ import annotations
@@ -29,39 +30,83 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
+
+from agentstack.chat.dispatch import (
+    ChatEvent,
+    Finished,
+    ReasoningDelta,
+    Started,
+    TextDelta,
+    TokenUsage,
+    ToolCallsDelta,
+)
+from agentstack.chat.requests import ToolCall, ToolCallFunction
 
 if TYPE_CHECKING:
     from agentstack.service import Service
 
-__all__ = ["ChatModelError", "RoleChatModel", "bind_service", "bound_service"]
-
-Chunk = dict[str, Any]
+__all__ = ["ChatModelError", "RoleChatModel", "bind_service"]
 
 
 class ChatModelError(RuntimeError):
     """A role could not answer: the server refused the request or generation failed."""
 
 
-class ChunkSource(Protocol):
-    """Where a chat request goes: yields OpenAI `chat.completion.chunk` dicts."""
+class EventSource(Protocol):
+    """Where a chat request goes: yields the chat core's events."""
 
-    def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]: ...
+    def astream(self, payload: dict[str, Any]) -> AsyncIterator[ChatEvent]: ...
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]: ...
+    def stream(self, payload: dict[str, Any]) -> Iterator[ChatEvent]: ...
 
 
-def _chunk_from_sse(line: str) -> Chunk | None:
-    """One SSE line of the chat-completions stream as a chunk; None for anything else."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:].strip()
-    if not data or data == "[DONE]":
-        return None
-    chunk: Chunk = json.loads(data)
-    if "error" in chunk:
-        raise ChatModelError(str(chunk["error"].get("message", chunk["error"])))
-    return chunk
+@dataclass(slots=True)
+class _ChunkReader:
+    """OpenAI `chat.completion.chunk`s of a remote server back into events; the finish
+    reason and usage arrive on separate chunks, so `Finished` comes at the end."""
+
+    started: bool = False
+    finish_reason: str | None = None
+    usage: TokenUsage | None = None
+
+    def events(self, line: str) -> list[ChatEvent]:
+        if not line.startswith("data:"):
+            return []
+        data = line[5:].strip()
+        if not data or data == "[DONE]":
+            return []
+        chunk: dict[str, Any] = json.loads(data)
+        if "error" in chunk:
+            raise ChatModelError(str(chunk["error"].get("message", chunk["error"])))
+        if chunk.get("usage"):
+            u = chunk["usage"]
+            self.usage = TokenUsage(u["prompt_tokens"], u["completion_tokens"],
+                                    (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+        events: list[ChatEvent] = []
+        if not self.started:
+            self.started = True
+            events.append(Started(chunk.get("id", "")))
+        if not chunk.get("choices"):
+            return events
+        choice = chunk["choices"][0]
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        delta = choice.get("delta") or {}
+        if delta.get("reasoning"):
+            events.append(ReasoningDelta(delta["reasoning"]))
+        if delta.get("content"):
+            events.append(TextDelta(delta["content"]))
+        if delta.get("tool_calls"):
+            events.append(ToolCallsDelta([
+                ToolCall(id=c.get("id") or "", function=ToolCallFunction(
+                    name=(c.get("function") or {}).get("name") or "",
+                    arguments=(c.get("function") or {}).get("arguments") or ""))
+                for c in delta["tool_calls"]
+            ]))
+        return events
+
+    def finished(self) -> Finished:
+        return Finished(self.finish_reason, self.usage or TokenUsage(0, 0))
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -74,23 +119,27 @@ def _error_message(response: httpx.Response) -> str:
 
 @dataclass
 class LocalSource:
-    """The in-process engine, through the same planning and streaming code as the HTTP route."""
+    """The in-process engine, through the chat core the HTTP route uses."""
 
     service: Service
     loop: asyncio.AbstractEventLoop
 
-    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
-        from agentstack.api.openai_routes import chat_events, plan_chat, role_for
-        from agentstack.api.schemas import ChatCompletionRequest
+    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[ChatEvent]:
+        from agentstack.chat.dispatch import chat_events, plan_chat
+        from agentstack.chat.requests import ChatCompletionRequest
+        from agentstack.errors import AgentstackError
 
-        body = ChatCompletionRequest.model_validate(payload)
-        plan = plan_chat(self.service, role_for(self.service, body.model), body)
-        async for line in chat_events(self.service, plan, body.model, include_usage=True):
-            chunk = _chunk_from_sse(line)
-            if chunk is not None:
-                yield chunk
+        try:
+            body = ChatCompletionRequest.model_validate(payload)
+            plan = await plan_chat(self.service, body)
+        except ValidationError as e:
+            raise ChatModelError(f"400: {e}") from e
+        except AgentstackError as e:
+            raise ChatModelError(f"{e.status}: {e.message}") from e
+        async for event in chat_events(self.service, plan, incremental=True):
+            yield event
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]:
+    def stream(self, payload: dict[str, Any]) -> Iterator[ChatEvent]:
         """Sync callers (sync graph nodes run in worker threads) borrow the service's loop."""
         try:
             running = asyncio.get_running_loop()
@@ -102,8 +151,8 @@ class LocalSource:
 
         async def pump() -> None:
             try:
-                async for chunk in self.astream(payload):
-                    items.put(("chunk", chunk))
+                async for event in self.astream(payload):
+                    items.put(("event", event))
                 items.put(("end", None))
             except BaseException as e:  # handed to the consuming thread, which re-raises it
                 items.put(("error", e))
@@ -138,27 +187,28 @@ class RemoteSource:
     def url(self) -> str:
         return f"{self.base_url}/v1/chat/completions"
 
-    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[Chunk]:
+    async def astream(self, payload: dict[str, Any]) -> AsyncIterator[ChatEvent]:
+        reader = _ChunkReader()
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             async with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise ChatModelError(_error_message(response))
                 async for line in response.aiter_lines():
-                    chunk = _chunk_from_sse(line)
-                    if chunk is not None:
-                        yield chunk
+                    for event in reader.events(line):
+                        yield event
+        yield reader.finished()
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Chunk]:
+    def stream(self, payload: dict[str, Any]) -> Iterator[ChatEvent]:
+        reader = _ChunkReader()
         with httpx.Client(timeout=self.timeout_s) as client:
             with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ChatModelError(_error_message(response))
                 for line in response.iter_lines():
-                    chunk = _chunk_from_sse(line)
-                    if chunk is not None:
-                        yield chunk
+                    yield from reader.events(line)
+        yield reader.finished()
 
 
 _bound: LocalSource | None = None
@@ -178,58 +228,45 @@ def bind_service(service: Service | None, loop: asyncio.AbstractEventLoop | None
             _bound = LocalSource(service, loop or asyncio.get_running_loop())
 
 
-def bound_service() -> Service | None:
-    return _bound.service if _bound is not None else None
-
-
 @dataclass(slots=True)
 class _ChunkConverter:
-    """OpenAI chunks to `ChatGenerationChunk`s; finish reason and usage go on one last chunk."""
+    """Events to `ChatGenerationChunk`s; finish reason and usage go on one last chunk."""
 
     role: str
     response_id: str | None = None
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
+    finished: Finished | None = None
 
-    def convert(self, chunk: Chunk) -> ChatGenerationChunk | None:
-        self.response_id = self.response_id or chunk.get("id")
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        if not chunk.get("choices"):
+    def convert(self, event: ChatEvent) -> ChatGenerationChunk | None:
+        content, calls, extra = "", [], {}
+        if isinstance(event, Started):
+            self.response_id = event.request_id
             return None
-        choice = chunk["choices"][0]
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        delta = choice.get("delta") or {}
-        content = delta.get("content") or ""
-        calls = [
-            tool_call_chunk(name=c.get("function", {}).get("name"), args=c.get("function", {}).get("arguments"),
-                            id=c.get("id"), index=c.get("index"))
-            for c in delta.get("tool_calls") or []
-        ]
-        extra = {"reasoning_content": delta["reasoning"]} if delta.get("reasoning") else {}
-        if not (content or calls or extra):
+        if isinstance(event, Finished):
+            self.finished = event
             return None
+        if isinstance(event, TextDelta):
+            content = event.text
+        elif isinstance(event, ReasoningDelta):
+            extra = {"reasoning_content": event.text}
+        else:
+            calls = [tool_call_chunk(name=c.function.name, args=c.function.arguments, id=c.id, index=i)
+                     for i, c in enumerate(event.calls)]
         message = AIMessageChunk(content=content, tool_call_chunks=calls, additional_kwargs=extra,
                                  id=self.response_id)
         return ChatGenerationChunk(message=message, text=content)
 
     def last(self) -> ChatGenerationChunk:
         usage = None
-        if self.usage is not None:
-            usage = {
-                "input_tokens": self.usage["prompt_tokens"],
-                "output_tokens": self.usage["completion_tokens"],
-                "total_tokens": self.usage["total_tokens"],
-                "input_token_details": {
-                    "cache_read": (self.usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-                },
-            }
+        if self.finished is not None:
+            u = self.finished.usage
+            usage = {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+                     "total_tokens": u.total_tokens, "input_token_details": {"cache_read": u.cached_tokens}}
         message = AIMessageChunk(
             content="",
             id=self.response_id,
             usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"finish_reason": self.finish_reason, "model_name": self.role,
-                               "model_provider": "agentstack"},
+            response_metadata={"finish_reason": self.finished.reason if self.finished else None,
+                               "model_name": self.role, "model_provider": "agentstack"},
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message, text="")
@@ -239,7 +276,8 @@ class RoleChatModel(BaseChatModel):
     """One agentstack role as a LangChain chat model (streaming, tool binding).
 
     Args:
-        role: role name from the roles file, the base model's name, or `auto` (the gate).
+        role: role name from the roles file, the base model's name, `auto` (the gate) or
+            `tool-calling` (selector, then arguments).
         base_url: a remote agentstack server; unset uses the engine bound in this process.
         api_key: sent as a bearer token to a remote server.
         temperature, max_tokens, stop: override the role's sampling defaults.
@@ -264,7 +302,7 @@ class RoleChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"role": self.role, "base_url": self.base_url}
 
-    def _source(self) -> ChunkSource:
+    def _source(self) -> EventSource:
         if self.base_url is not None:
             if self._remote is None:
                 self._remote = RemoteSource(self.base_url, self.api_key, self.timeout_s)
@@ -297,8 +335,8 @@ class RoleChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         converter = _ChunkConverter(self.role)
-        for chunk in self._source().stream(self._payload(messages, stop, kwargs)):
-            generation = converter.convert(chunk)
+        for event in self._source().stream(self._payload(messages, stop, kwargs)):
+            generation = converter.convert(event)
             if generation is not None:
                 if run_manager:
                     run_manager.on_llm_new_token(generation.text, chunk=generation)
@@ -313,8 +351,8 @@ class RoleChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         converter = _ChunkConverter(self.role)
-        async for chunk in self._source().astream(self._payload(messages, stop, kwargs)):
-            generation = converter.convert(chunk)
+        async for event in self._source().astream(self._payload(messages, stop, kwargs)):
+            generation = converter.convert(event)
             if generation is not None:
                 if run_manager:
                     await run_manager.on_llm_new_token(generation.text, chunk=generation)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentstack.config import Settings
+from agentstack.errors import InvalidRequest
 from cache.modes import CacheMode
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ def check_platform(settings: Settings, *, is_cpu: bool) -> None:
         )
 
 
-class AdapterLoadError(ValueError):
+class AdapterLoadError(InvalidRequest):
     """An adapter directory could not be loaded by the engine (missing, corrupt, wrong shape)."""
+
+    default_param = "lora_path"
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

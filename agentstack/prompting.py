@@ -13,14 +13,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentstack.api.schemas import ChatMessage, NamedToolChoice, Tool, ToolCall, ToolCallFunction
+from agentstack.chat.requests import ChatMessage, NamedToolChoice, Tool, ToolCall, ToolCallFunction
 
 THINK_INSTRUCTION = (
     "Before answering, think step by step inside <think> and </think>, "
     "then give the final answer after </think>."
 )
 TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
 TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*(?:</tool_call>|$)", re.DOTALL)
+TOOL_CALL_BLOCK_RE = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
 THINK_RE = re.compile(r"^\s*<think>(.*?)(?:</think>|$)", re.DOTALL)
 
 
@@ -121,8 +123,12 @@ def parse_reply(text: str, *, tools: list[Tool] | None, forced: bool, think: boo
             call = _as_tool_call(payload, known)
             if call is not None:
                 calls.append(call)
-        if calls and not forced:
-            text = TOOL_CALL_RE.sub("", text) if TOOL_CALL_OPEN in text else ""
+        if not forced and TOOL_CALL_OPEN in text:
+            # Call markup never reaches the content, parsed or not: a call to an unknown
+            # function or with broken JSON is dropped, as a client could not run it either.
+            text = TOOL_CALL_BLOCK_RE.sub("", text).replace(TOOL_CALL_CLOSE, "")
+        elif calls and not forced:
+            text = ""
     content = None if forced and calls else text.strip() or None
     return ParsedReply(content=content, reasoning=reasoning, tool_calls=calls)
 

@@ -26,11 +26,11 @@ ROLE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 
 class ReasoningPath(str, enum.Enum):
-    """`think` reasons before answering, `direct` answers at once, `auto` leaves it to the gate."""
+    """`think` reasons before answering, `direct` answers at once. (Per request, `model: auto`
+    lets the learned gate choose; a role's own path is fixed.)"""
 
     THINK = "think"
     DIRECT = "direct"
-    AUTO = "auto"
 
 
 class SamplingDefaults(BaseModel):

@@ -21,6 +21,7 @@ from redis.backoff import ExponentialBackoff
 from agentstack.auth import current_principal
 from agentstack.config import PACKAGE_DATA, Settings
 from agentstack.engine import Adapter, AdapterLoadError, Engine
+from agentstack.errors import Conflict, InvalidRequest, NotFound
 from agentstack.metrics import Metrics
 from agentstack.model_prep import prepare
 from agentstack.redis_server import EmbeddedRedis
@@ -37,15 +38,19 @@ AUTO_MODEL = "auto"
 DEFAULT_GATE_DIR = PACKAGE_DATA / "gate"
 
 
-class UnknownRole(LookupError):
+class UnknownRole(NotFound):
+    default_param = "model"
+
     def __init__(self, name: str, available: list[str]) -> None:
         super().__init__(f"The model `{name}` does not exist. Available: {', '.join(available)}")
         self.name = name
         self.available = available
 
 
-class PromptTooLong(ValueError):
+class PromptTooLong(InvalidRequest):
     """The prompt leaves no room to generate within the engine's context length."""
+
+    default_param = "messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +68,16 @@ class Readiness:
     """Features unavailable while a non-essential dependency is down."""
 
 
-class AdapterRequestError(ValueError):
-    """A run-time adapter load/unload the service refuses (bad name or path, conflict)."""
+class AdapterRequestError(InvalidRequest):
+    """A run-time adapter load the service refuses (bad name or path, already loaded)."""
+
+    default_param = "lora_path"
 
 
-class RoleInUse(AdapterRequestError):
+class RoleInUse(Conflict):
     """Unloading this role would break a part of the service that routes to it."""
+
+    default_param = "lora_name"
 
 
 @dataclass
@@ -258,7 +267,8 @@ class Service:
         async with self._adapter_lock:
             role = self.roles.get(name)
             if role is None or role.adapter is None:
-                raise UnknownRole(name, [n for n, r in self.roles.items() if r.adapter])
+                loaded = ", ".join(n for n, r in self.roles.items() if r.adapter)
+                raise NotFound(f"The lora adapter '{name}' cannot be found. Loaded: {loaded}", param="lora_name")
             if self.router is not None and name in self.router.gate.spec.roles:
                 raise RoleInUse(f"the learned gate (`auto`) routes to `{name}`; it cannot be unloaded "
                                 "while the gate is served (it may be replaced with load_inplace)")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agentstack.api.schemas import ToolCall, ToolCallFunction
+from agentstack.chat.requests import ToolCall, ToolCallFunction
 from agentstack.service import Completion
 from agentstack.tool_calling import (
     Call,

@@ -66,17 +66,50 @@ def render_function(tool: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _text(content: Any) -> str:
+    """OpenAI message content (a string, text parts or nothing) as one string."""
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+    return str(content or "")
+
+
+def _call_of(call: Mapping[str, Any]) -> Call:
+    """An OpenAI tool call (`{"function": {"name", "arguments": "<json>"}}`) as a call line's dict."""
+    function = call.get("function") or {}
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    return {"name": function.get("name", ""), "arguments": arguments}
+
+
+def plain_turns(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
+    """OpenAI chat messages as plain `{role, content}` turns, the form the tool roles and the
+    gate were trained on: a tool result is a user turn with the result, an assistant's tool
+    calls are its call lines, a developer turn is a system turn. Nothing needs the ids of
+    calls any more, so any chat model takes these turns as they are."""
+    turns: list[Message] = []
+    for m in messages:
+        role, content = str(m.get("role")), _text(m.get("content"))
+        if role == "tool":
+            role = "user"
+        elif role == "developer":
+            role = "system"
+        elif role == "assistant" and m.get("tool_calls"):
+            content = "\n".join(p for p in (content, calls_text([_call_of(c) for c in m["tool_calls"]])) if p)
+        turns.append({"role": role, "content": content})
+    return turns
+
+
 def tool_context(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[Message]:
     """The prefix every tool role reads: function listing as system turn, then the conversation."""
     listing = "\n".join(render_function(t) for t in tools)
-    system = [str(m.get("content") or "") for m in messages if m.get("role") in ("system", "developer")]
-    turns: list[Message] = [{"role": "system", "content": "\n\n".join([*system, TOOLS_PREAMBLE, listing])}]
-    turns += [
-        {"role": str(m["role"]), "content": str(m.get("content") or "")}
-        for m in messages
-        if m.get("role") not in ("system", "developer")
-    ]
-    return turns
+    turns = plain_turns(messages)
+    system = [t["content"] for t in turns if t["role"] == "system"]
+    return [{"role": "system", "content": "\n\n".join([*system, TOOLS_PREAMBLE, listing])},
+            *(t for t in turns if t["role"] != "system")]
 
 
 def selector_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[Message]:
@@ -123,8 +156,3 @@ def parse_calls(text: str, tools: Sequence[Mapping[str, Any]]) -> list[Call]:
             calls.append({"name": data["name"], "arguments": data["arguments"]})
     return calls
 
-
-def parse_call(text: str, tool: Mapping[str, Any]) -> Call | None:
-    """The first call to `tool` in the text, if any."""
-    calls = parse_calls(text, [tool])
-    return calls[0] if calls else None

@@ -10,7 +10,6 @@ layers above `layer` are never loaded. TWN reads the frozen backbone the same wa
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,9 +70,3 @@ class FeatureExtractor:
         with torch.inference_mode():
             hidden = self._loaded(input_ids=ids).last_hidden_state
         return hidden[0].mean(dim=0).float()
-
-    def timed(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None
-              ) -> tuple[torch.Tensor, float]:
-        started = time.perf_counter()
-        vector = self.features(messages, tools)
-        return vector, time.perf_counter() - started

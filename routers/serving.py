@@ -2,20 +2,21 @@
 
 `AutoRouter` owns the gate, the feature extractor and the roles it routes to. A decision
 of one role serves that role; k roles serve their uniform mixture, merged once into one
-LoRA adapter (`routers.mixture`) and loaded into the engine once.
+LoRA adapter (`routers.mixture`) and loaded into the engine once. The chat core
+(`agentstack.chat.dispatch`) turns the decision into a generation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentstack.auth import current_principal
+from agentstack.errors import Forbidden
 from agentstack.roles import Role, RoleSpec
 from routers.features import FeatureExtractor
 from routers.gate import GATE_FILE, Gate, GateLoadError, RouteDecision, load_gate
@@ -103,51 +104,16 @@ class AutoRouter:
                              reason=decision.reason, gate_ms=elapsed)
 
 
-def _plain(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """API chat messages as the gate and the routed prompt read them (tool results as user turns)."""
-    return [{"role": "user" if m.role == "tool" else ("system" if m.role == "developer" else m.role),
-             "content": m.text()} for m in messages]
-
-
-def _tool_dicts(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
-    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
-
-
-async def decide(router: AutoRouter, messages: Sequence[Any], tools: Sequence[Any] | None) -> RouteDecision:
-    """The gate's decision for API messages, among the roles the caller's key may use; the
-    forward pass runs off the event loop.
+async def decide(router: AutoRouter, turns: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> RouteDecision:
+    """The gate's decision for a conversation (plain turns, as `plain_turns` writes them),
+    among the roles the caller's key may use; the forward pass runs off the event loop.
 
     Raises:
         Forbidden: the key may use none of the gate's roles.
     """
-    from agentstack.api.errors import Forbidden
-
     principal = current_principal.get()
     allowed = None if principal.roles is None else [r for r in router.gate.spec.roles if principal.may_use_role(r)]
     if allowed is not None and not allowed:
         raise Forbidden(f"this API key may use none of the roles the gate routes to "
                         f"({', '.join(router.gate.spec.roles)})", param="model")
-    return await asyncio.to_thread(router.decide, _plain(messages), _tool_dicts(tools), allowed)
-
-
-async def plan_routed(service: Service, body: Any) -> tuple[RouteDecision, Any]:
-    """Decide, count the decision, then plan the request under the chosen role set and path,
-    with the prompt and token budget the gate's measurements used."""
-    from agentstack.api.openai_routes import ChatPlan, prepare_sampling
-    from routers.measure import max_tokens_for
-    from routers.tasks import route_messages
-
-    router = service.router
-    assert router is not None and service.engine is not None
-    decision = await decide(router, body.messages, body.tools)
-    service.metrics.route_decisions.labels("+".join(decision.roles), decision.path).inc()
-    role = await router.resolver.role_for(service, decision.roles)
-    tools = body.tools if body.tool_choice != "none" else None
-    think = decision.path == "think"
-    prompt_ids = service.engine.chat_prompt(route_messages(_plain(body.messages), _tool_dicts(tools), think=think))
-    greedy = role.spec.model_copy(update={"sampling": role.spec.sampling.model_copy(update={"temperature": 0.0})})
-    sampling = prepare_sampling(service, Role(spec=greedy, adapter=role.adapter, origin=role.origin), body,
-                                prompt_ids, requested_max=body.token_limit or max_tokens_for(decision.path))
-    plan = ChatPlan(role=role, prompt_ids=prompt_ids, sampling=sampling, request_id=f"chatcmpl-{uuid.uuid4().hex}",
-                    tools=tools, forced=False, think=think)
-    return decision, plan
+    return await asyncio.to_thread(router.decide, turns, tools, allowed)

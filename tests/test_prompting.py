@@ -48,6 +48,13 @@ def test_plain_text_with_tools_stays_content() -> None:
     assert reply.content == "It is sunny." and reply.tool_calls == []
 
 
+def test_call_markup_never_reaches_the_content() -> None:
+    text = ('The weather: <tool_call>{"name": "launch_rocket", "arguments": {}}</tool_call> '
+            '<tool_call>{"name": broken json</tool_call>')
+    reply = parse_reply(text, tools=TOOLS, forced=False, think=False)
+    assert reply.tool_calls == [] and reply.content == "The weather:"
+
+
 def test_think_path_splits_reasoning_from_answer() -> None:
     reply = parse_reply("<think>2+2 is 4</think> The answer is 4.", tools=None, forced=False, think=True)
     assert reply.reasoning == "2+2 is 4"

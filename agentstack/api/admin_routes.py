@@ -5,11 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from agentstack.api.errors import Conflict, InvalidRequest, NotFound
 from agentstack.api.openai_routes import service_of
 from agentstack.api.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
-from agentstack.engine import AdapterLoadError
-from agentstack.service import AdapterRequestError, RoleInUse, UnknownRole
 
 router = APIRouter()
 
@@ -22,26 +19,13 @@ def plain_text(description: str) -> dict[int | str, dict[str, object]]:
 
 @router.post("/v1/load_lora_adapter", responses=plain_text("Success message, as vLLM words it"))
 async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
-    service = service_of(request)
-    try:
-        await service.load_adapter(body.lora_name, body.lora_path, inplace=body.load_inplace)
-    except (AdapterRequestError, AdapterLoadError) as e:
-        raise InvalidRequest(str(e), param="lora_path") from e
+    await service_of(request).load_adapter(body.lora_name, body.lora_path, inplace=body.load_inplace)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
 @router.post("/v1/unload_lora_adapter", responses=plain_text("Success message, as vLLM words it"))
 async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> PlainTextResponse:
-    service = service_of(request)
-    try:
-        await service.unload_adapter(body.lora_name)
-    except RoleInUse as e:
-        raise Conflict(str(e), param="lora_name") from e
-    except UnknownRole as e:
-        raise NotFound(
-            f"The lora adapter '{body.lora_name}' cannot be found. Loaded: {', '.join(e.available)}",
-            param="lora_name",
-        ) from e
+    await service_of(request).unload_adapter(body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 

@@ -1,20 +1,15 @@
-"""Errors the API returns, all in the OpenAI error body that vLLM's server uses.
+"""agentstack's errors as HTTP answers, all in the OpenAI error body vLLM's server uses.
 
-    APIError                      base: status + OpenAI `type`
-     ├── InvalidRequest           400 BadRequestError (bad values, unusable input)
-     ├── Forbidden                403 PermissionDeniedError (the API key may not use this graph)
-     ├── NotFound                 404 NotFoundError (unknown role/model/adapter/assistant/thread/run,
-     │                                or a thread of another API key)
-     ├── Conflict                 409 ConflictError (a thread busy with another run)
-     ├── PayloadTooLarge          413 RequestEntityTooLarge
-     ├── UnprocessableEntity      422 UnprocessableEntityError (run input that does not fit the graph)
-     └── ServiceUnavailable       503 ServiceUnavailableError (engine not ready / dead)
+This is the one place errors become HTTP: an `AgentstackError` (see `agentstack.errors`)
+answers with its status; FastAPI's validation errors answer 400; Starlette's HTTP errors
+(404 of an unknown path, 405 of a wrong method) keep their status and headers.
+Anything else is logged with its traceback and answered as a bare 500: the client never
+sees internals.
 
-Body: {"error": {"message", "type", "param", "code"}} with `code` the HTTP status.
-Authentication (401), limits (413, 429, 504) and role permissions are answered before
-any route by the request guard (`agentstack.api.guard`), in the same body.
-Anything not an APIError is logged with its traceback and answered as a bare 500:
-the client never sees internals.
+Body: {"error": {"message", "type", "param", "code"}} with `type` OpenAI's name for the
+status and `code` the HTTP status. Authentication (401), limits (413, 429, 504) and role
+permissions are answered before any route by the request guard (`agentstack.api.guard`),
+in the same body.
 """
 
 from __future__ import annotations
@@ -28,53 +23,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentstack.errors import AgentstackError
+
 logger = logging.getLogger(__name__)
-
-
-class APIError(Exception):
-    status: int = 500
-    type: str = "InternalServerError"
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class InvalidRequest(APIError):
-    status = 400
-    type = "BadRequestError"
-
-
-class Forbidden(APIError):
-    status = 403
-    type = "PermissionDeniedError"
-
-
-class NotFound(APIError):
-    status = 404
-    type = "NotFoundError"
-
-
-class Conflict(APIError):
-    status = 409
-    type = "ConflictError"
-
-
-class UnprocessableEntity(APIError):
-    status = 422
-    type = "UnprocessableEntityError"
-
-
-class PayloadTooLarge(APIError):
-    status = 413
-    type = "RequestEntityTooLarge"
-
-
-class ServiceUnavailable(APIError):
-    status = 503
-    type = "ServiceUnavailableError"
-
 
 _STATUS_TYPES = {
     400: "BadRequestError",
@@ -87,6 +38,7 @@ _STATUS_TYPES = {
     415: "UnsupportedMediaType",
     422: "UnprocessableEntityError",
     429: "RateLimitError",
+    503: "ServiceUnavailableError",
 }
 
 
@@ -105,8 +57,7 @@ class ErrorResponse(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": type_}
-    for status, type_ in {**_STATUS_TYPES, 500: "InternalServerError", 503: "ServiceUnavailableError",
-                          504: "TimeoutError"}.items()
+    for status, type_ in {**_STATUS_TYPES, 500: "InternalServerError", 504: "TimeoutError"}.items()
     if status not in (405, 415)
 }
 """Every route may answer these (the guard's refusals included); documented so that
@@ -117,8 +68,14 @@ def error_body(status: int, type_: str, message: str, param: str | None = None) 
     return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
 
-def error_response(status: int, type_: str, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, type_, message, param), status_code=status)
+def status_type(status: int) -> str:
+    """OpenAI's name for an HTTP status, as its SDKs read it."""
+    return _STATUS_TYPES.get(status, "InternalServerError")
+
+
+def error_response(status: int, type_: str, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, type_, message, param), status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -138,9 +95,9 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.param)
+    @app.exception_handler(AgentstackError)
+    async def _agentstack_error(_: Request, exc: AgentstackError) -> JSONResponse:
+        return error_response(exc.status, status_type(exc.status), exc.message, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,8 +106,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = _STATUS_TYPES.get(exc.status_code, "InternalServerError")
-        return error_response(exc.status_code, type_, str(exc.detail))
+        return error_response(exc.status_code, status_type(exc.status_code), str(exc.detail),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -2,8 +2,9 @@
 
 `langgraph-sdk` (sync and async) and `RemoteGraph` work against these unmodified. The
 router brings its own lifespan, which starts the workflow manager once the service is
-up, and its own route class, which turns workflow errors into the API's error bodies
-(the SDK reads the message from them and picks its exception by status).
+up, and its own route class, which checks thread ownership before the route runs.
+Workflow errors are agentstack errors: the SDK reads the message from their body and
+picks its exception by status.
 
 Tenancy: with API keys on, a thread belongs to the key that created it (its `owner`
 metadata, which callers cannot set); another key gets 404 for it, as if it did not
@@ -22,14 +23,6 @@ from fastapi.routing import APIRoute
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentstack.api.errors import (
-    Conflict,
-    Forbidden,
-    InvalidRequest,
-    NotFound,
-    ServiceUnavailable,
-    UnprocessableEntity,
-)
 from agentstack.api.langgraph_schemas import (
     AssistantSearch,
     HistoryQuery,
@@ -42,14 +35,8 @@ from agentstack.api.langgraph_schemas import (
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
 from agentstack.auth import current_principal
-from agentstack.workflows import (
-    InvalidRunInput,
-    RunHandle,
-    WorkflowConflict,
-    WorkflowManager,
-    WorkflowNotFound,
-    WorkflowRequestError,
-)
+from agentstack.errors import Conflict, Forbidden, ServiceUnavailable
+from agentstack.workflows import RunHandle, WorkflowManager, WorkflowNotFound
 from agentstack.workflows.serde import dumps
 from agentstack.workflows.store import ThreadRecord
 
@@ -57,7 +44,8 @@ OWNER = "owner"
 
 
 class WorkflowRoute(APIRoute):
-    """Maps the workflow layer's errors onto API errors with their HTTP status."""
+    """Checks thread ownership first, and answers an unreachable Redis as 503 (threads and
+    runs live there)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -72,14 +60,6 @@ class WorkflowRoute(APIRoute):
                 raise ServiceUnavailable(
                     "Redis is unavailable: threads and graph runs are paused; retry shortly "
                     "(chat completions are unaffected)") from e
-            except WorkflowNotFound as e:
-                raise NotFound(str(e), param=f"{e.kind}_id") from e
-            except InvalidRunInput as e:
-                raise UnprocessableEntity(str(e), param=e.field) from e
-            except WorkflowConflict as e:
-                raise Conflict(str(e)) from e
-            except WorkflowRequestError as e:
-                raise InvalidRequest(str(e)) from e
 
         return route
 

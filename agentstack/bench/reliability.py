@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import httpx
 from rich.progress import Progress
 
-from agentstack.api.tool_workflow import TOOL_WORKFLOW_MODEL
+from agentstack.chat.dispatch import TOOL_CALLING_MODEL
 from agentstack.bench.report import bar_chart, markdown_table
 from agentstack.bench.server import ADMIN_KEY, RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
 
@@ -160,7 +160,7 @@ class LoadResult:
 async def _chat_roles(client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> list[str]:
     """Served models that answer a plain chat request (`tool-calling` needs `tools`)."""
     models = (await client.get("/v1/models", headers=headers)).json()["data"]
-    return [m["id"] for m in models if m["id"] != TOOL_WORKFLOW_MODEL]
+    return [m["id"] for m in models if m["id"] != TOOL_CALLING_MODEL]
 
 
 async def load_worker(client: httpx.AsyncClient, worker: int, roles: list[str], until: float,

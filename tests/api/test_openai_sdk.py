@@ -86,6 +86,33 @@ def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) 
     assert [c.function.name for c in streamed] == ["get_weather"]
 
 
+def test_tool_calling_reads_a_tool_result_and_never_answers_in_call_markup(client: openai.OpenAI) -> None:
+    """After a tool result the workflow either calls again (parsed) or answers in words."""
+    conversation = [
+        {"role": "user", "content": "What's the weather in Paris right now?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees Celsius, sunny"},
+    ]
+    reply = client.chat.completions.create(
+        model="tool-calling", messages=conversation, tools=[WEATHER_TOOL], temperature=0, max_tokens=64,  # type: ignore[arg-type]
+    )
+    message = reply.choices[0].message
+    assert message.tool_calls or (message.content or "").strip(), message
+    assert "<tool_call>" not in (message.content or "") and "tool_call>" not in (message.content or "")
+    if message.tool_calls:
+        assert reply.choices[0].finish_reason == "tool_calls"
+        assert all(c.function.name == "get_weather" for c in message.tool_calls)
+    stream = client.chat.completions.create(
+        model="tool-calling", messages=conversation, tools=[WEATHER_TOOL], temperature=0, max_tokens=64,  # type: ignore[arg-type]
+        stream=True,
+    )
+    streamed = "".join(c.delta.content or "" for chunk in stream for c in chunk.choices)
+    assert "tool_call>" not in streamed
+
+
 def test_streaming_yields_the_same_text_as_a_plain_call(client: openai.OpenAI) -> None:
     plain = ask(client, "assistant")
     stream = client.chat.completions.create(

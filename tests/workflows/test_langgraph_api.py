@@ -17,7 +17,7 @@ from langgraph_sdk.errors import ConflictError, NotFoundError
 pytestmark = pytest.mark.slow
 
 BUILTIN = {"tool_agent", "plan_act_reflect"}
-USER = {"review", "fragile"}
+USER = {"review", "fragile", "in_process"}
 
 
 def last_of_type(messages: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -97,6 +97,40 @@ def test_tool_agent_runs_tools_and_returns_errors_to_the_model(workflow_url: str
     assert tools["call_bad"]["status"] == "error" and "parsec" in tools["call_bad"]["content"]
     assert result["messages"][-1]["type"] == "ai" and result["messages"][-1]["content"]
     assert client.threads.get(thread["thread_id"])["status"] == "idle"
+
+
+def test_a_tool_agent_thread_calls_tools_run_after_run(workflow_url: str) -> None:
+    """Each run reads the whole thread, earlier calls and their results included, and goes on
+    calling tools: a later run never trips over the ids an earlier run's calls carry."""
+    client = get_sync_client(url=workflow_url)
+    thread = client.threads.create(graph_id="tool_agent")
+    for question in ("What is 12 times 7?", "What is 13 times 8?", "What is 14 times 9?"):
+        result = client.runs.wait(thread["thread_id"], "tool_agent",
+                                  input={"messages": [{"role": "user", "content": question}]})
+        last_human = max(i for i, m in enumerate(result["messages"]) if m["type"] == "human")
+        turn = result["messages"][last_human:]
+        assert turn[0]["content"] == question
+        calls = [c for m in turn if m["type"] == "ai" for c in m.get("tool_calls") or []]
+        results = {m["tool_call_id"] for m in turn if m["type"] == "tool"}
+        assert calls and results == {c["id"] for c in calls}, turn
+        assert turn[-1]["type"] == "ai" and turn[-1]["content"]
+    assert client.threads.get(thread["thread_id"])["status"] == "idle"
+
+
+async def test_graph_nodes_call_the_gate_and_the_tool_workflow_in_process(workflow_url: str) -> None:
+    client = get_client(url=workflow_url)
+    before = httpx.get(f"{workflow_url}/metrics").text
+    result = await client.runs.wait(None, "in_process", input={"question": "What is the capital of France?"})
+    after = httpx.get(f"{workflow_url}/metrics").text
+    assert result["answer"].strip() and 0 < result["answer_tokens"] <= 32
+    assert _route_decisions(after) == _route_decisions(before) + 1, "the gate decided the node's request"
+    assert [c["name"] for c in result["tool_calls"]] == ["get_weather"]
+    assert "paris" in str(result["tool_calls"][0]["args"].get("city", "")).lower()
+
+
+def _route_decisions(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("agentstack:route_decisions_total"))
 
 
 async def test_tool_agent_end_to_end_through_remote_graph(workflow_url: str) -> None:
