@@ -134,8 +134,7 @@ async def plan_routed(service: Service, body: Any) -> tuple[RouteDecision, Any]:
     """Decide, count the decision, then plan the request under the chosen role set and path,
     with the prompt and token budget the gate's measurements used."""
     from agentstack.api.openai_routes import ChatPlan, prepare_sampling
-    from routers.measure import max_tokens_for
-    from routers.tasks import route_messages
+    from routers.prompt import max_tokens_for, route_messages
 
     router = service.router
     assert router is not None and service.engine is not None
