@@ -1,9 +1,11 @@
-"""The `agentstack` command line."""
+"""The `agentstack` command line: the server (`serve`, `model`, `roles`) and the offline
+tools (`bench`, `eval`, `adapters`, `gate`), which import their modules only when run."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -20,19 +22,38 @@ from rich.table import Table
 from agentstack.config import Settings
 
 if TYPE_CHECKING:
-    from agentstack.bench.server import ServerProcess
+    from agentstack.offline.bench.server import ServerProcess
+    from agentstack.offline.bfcl.training_data import ToolRole
+    from agentstack.offline.training.lora import TrainResult
     from agentstack.service import Service
-    from agentstack.training.lora import TrainResult
 
 T = TypeVar("T")
+
+console = Console()
+TOOLS_MODULES = ("matplotlib", "schemathesis", "peft", "psutil")
+"""What the `tools` extra installs (pyproject.toml) that the server does not."""
+
+
+def _require_tools() -> None:
+    """Runs before any offline command, so a server-only install gets the fix, not a traceback."""
+    missing = [name for name in TOOLS_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        console.print(f"[red]error[/]: this command needs the offline tools ({', '.join(missing)} "
+                      "not installed): pip install 'agentstack\\[tools]'")
+        raise typer.Exit(1)
+
 
 app = typer.Typer(help="agentstack: multi-agent LLM workflows on one vLLM backbone.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect the served model.", no_args_is_help=True)
 roles_app = typer.Typer(help="Inspect roles.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side.", no_args_is_help=True)
-adapters_app = typer.Typer(help="Build and train the role adapters.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluations on public benchmarks.", no_args_is_help=True)
-gate_app = typer.Typer(help="The learned gate behind `model: auto`.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side.",
+                        no_args_is_help=True, callback=_require_tools)
+adapters_app = typer.Typer(help="Build and train the role adapters.",
+                           no_args_is_help=True, callback=_require_tools)
+eval_app = typer.Typer(help="Evaluations on public benchmarks.",
+                       no_args_is_help=True, callback=_require_tools)
+gate_app = typer.Typer(help="The learned gate behind `model: auto`.",
+                       no_args_is_help=True, callback=_require_tools)
 app.add_typer(model_app, name="model")
 app.add_typer(roles_app, name="roles")
 app.add_typer(bench_app, name="bench")
@@ -40,7 +61,6 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(eval_app, name="eval")
 app.add_typer(gate_app, name="gate")
 
-console = Console()
 # Distinct from a start-up failure (1) and a configuration error (2), for restart policies.
 ENGINE_DEAD_EXIT_CODE = 3
 
@@ -166,7 +186,7 @@ def bench_serve(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Same mixed-role requests through HTTP and straight to the engine, side by side."""
-    from agentstack.bench.serve import ServeBenchConfig, run_serve_bench
+    from agentstack.offline.bench.serve import ServeBenchConfig, run_serve_bench
 
     config = ServeBenchConfig(requests=requests, concurrency=concurrency, max_tokens=max_tokens,
                               rounds=rounds, report_dir=report_dir)
@@ -191,7 +211,7 @@ def bench_engine(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Base model, one role, three roles mixed and the mix on vLLM's own LoRA ops, on one engine."""
-    from agentstack.bench.engine import KINDS, EngineBenchConfig, run_engine_bench
+    from agentstack.offline.bench.engine import KINDS, EngineBenchConfig, run_engine_bench
 
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
     if not chosen or any(k not in KINDS for k in chosen):
@@ -215,7 +235,7 @@ def bench_vllm(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """agentstack against a plain `vllm serve` (same adapters and engine settings), by `vllm bench serve`."""
-    from agentstack.bench.vllm_compare import VllmBenchConfig, run_vllm_bench
+    from agentstack.offline.bench.vllm_compare import VllmBenchConfig, run_vllm_bench
 
     config = VllmBenchConfig(prompts=prompts, concurrency=concurrency, report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
@@ -235,7 +255,7 @@ def bench_graph(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """End-to-end latency (p50/p99) and prefill/generated tokens per role of the workflows."""
-    from agentstack.bench.graph import GraphBenchConfig, run_graph_bench
+    from agentstack.offline.bench.graph import GraphBenchConfig, run_graph_bench
 
     config = GraphBenchConfig(runs=runs, max_rounds=max_rounds, report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
@@ -261,7 +281,7 @@ def bench_cache(
     as_json: JsonFlag = False,
 ) -> None:
     """The prefix-cache modes side by side on the tool agent: prefill, TTFT, bytes, accuracy, KL."""
-    from agentstack.bench.cache import CacheBenchConfig, run_cache_bench
+    from agentstack.offline.bench.cache import CacheBenchConfig, run_cache_bench
 
     config = CacheBenchConfig(prompts=prompts, reference_prompts=reference_prompts,
                               min_context_tokens=min_context_tokens, served=served, report_dir=report_dir)
@@ -273,12 +293,31 @@ def bench_cache(
         console.print(result.report.read_text())
 
 
+@bench_app.command("cache-served", hidden=True)
+def bench_cache_served(
+    mode: Annotated[str, typer.Argument(help="cache.mode of this engine.")],
+    redis_url: Annotated[str, typer.Argument(help="Redis the cache tiers use.")],
+    out: Annotated[Path, typer.Argument(help="JSON file the measurements go to.")],
+    prompts: Annotated[int, typer.Option(help="BFCL workload prompts.")] = 1,
+    min_context_tokens: Annotated[int, typer.Option(help="Toolbox size, BFCL workload.")] = 1024,
+    probe: Annotated[str, typer.Option(help="Comma-separated roles: the probe workload.")] = "",
+    isolate: Annotated[bool, typer.Option(help="One cache salt per role: no sharing.")] = False,
+) -> None:
+    """One engine in one cache mode, in a process of its own (vLLM's state is per process):
+    `bench cache` and the cache tests run one per mode."""
+    from agentstack.offline.bench.cache import served_mode
+
+    roles = tuple(r for r in probe.split(",") if r)
+    served_mode(mode, redis_url, out, probe=roles, prompts=prompts,
+                min_context_tokens=min_context_tokens, isolate=isolate)
+
+
 @contextlib.contextmanager
 def _bench_server(work_dir: Optional[Path], **env: str) -> Iterator["ServerProcess"]:
     """A fresh `agentstack serve` on loopback with the bench's tenants' keys, stopped after."""
     import tempfile
 
-    from agentstack.bench.server import ServerProcess
+    from agentstack.offline.bench.server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="agentstack-bench-") as tmp:
         server = ServerProcess(work_dir=work_dir or Path(tmp), env=env).start()
@@ -306,8 +345,8 @@ def bench_fuzz(
     """Schemathesis over the served OpenAPI schema: server errors and schema violations."""
     from rich.progress import Progress
 
-    from agentstack.bench.reliability import fuzz_table, run_fuzz, write_report
-    from agentstack.bench.server import TENANT_KEYS
+    from agentstack.offline.bench.reliability import fuzz_table, run_fuzz, write_report
+    from agentstack.offline.bench.server import TENANT_KEYS
 
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         # Small token budgets: the fuzzer's valid requests test the API, not generation speed.
@@ -332,8 +371,8 @@ def bench_load(
     as_json: JsonFlag = False,
 ) -> None:
     """Concurrent mixed-role chat requests plus graph runs: failures, p50/p99, RSS growth."""
-    from agentstack.bench.reliability import load_table, run_load, write_report
-    from agentstack.bench.server import TENANT_KEYS
+    from agentstack.offline.bench.reliability import load_table, run_load, write_report
+    from agentstack.offline.bench.server import TENANT_KEYS
 
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         with _bench_server(None) as server:
@@ -352,7 +391,7 @@ def bench_load(
 @bench_app.command("security")
 def bench_security(report_dir: ReportDir = Path("reports"), as_json: JsonFlag = False) -> None:
     """Missing, wrong and other tenants' keys (all must be refused) and cross-tenant cache hits."""
-    from agentstack.bench.reliability import run_security, security_table, write_report
+    from agentstack.offline.bench.reliability import run_security, security_table, write_report
 
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         with _bench_server(None) as server:
@@ -374,7 +413,7 @@ def bench_faults(
     as_json: JsonFlag = False,
 ) -> None:
     """Inject each fault under load: Redis outage, client disconnects, bad adapters, SIGTERM, engine death."""
-    from agentstack.bench.reliability import (
+    from agentstack.offline.bench.reliability import (
         FaultsResult,
         bad_adapters,
         client_disconnects,
@@ -407,7 +446,7 @@ ToolRoleArgument = Annotated[str, typer.Argument(help="Tool role: selector, argu
 
 
 def _tool_role(name: str) -> "ToolRole":
-    from agentstack.bfcl.training_data import ToolRole
+    from agentstack.offline.bfcl.training_data import ToolRole
 
     try:
         return ToolRole(name)
@@ -422,7 +461,7 @@ def adapters_data(
     out: Annotated[Path, typer.Option(help="JSONL file to write.")],
 ) -> None:
     """Write a tool role's training chats from the train split of BFCL's trained categories."""
-    from agentstack.bfcl.training_data import write_role_data
+    from agentstack.offline.bfcl.training_data import write_role_data
 
     count = write_role_data(_tool_role(role), out)
     console.print(f"{count} examples -> {out}")
@@ -439,8 +478,8 @@ def adapters_train(
     model: ModelOption = None,
 ) -> None:
     """Train one role adapter with loss on the assistant replies only."""
-    from agentstack.training.lora import train_lora
-    from agentstack.training.recipes import role_spec
+    from agentstack.offline.training.lora import train_lora
+    from agentstack.offline.training.recipes import role_spec
 
     spec = role_spec(_tool_role(role), _model_dir(model), data, out, shared_v_a_from)
     if steps is not None:
@@ -465,7 +504,7 @@ def adapters_build(
     model: ModelOption = None,
 ) -> None:
     """Rebuild the shipped tool roles: data, then selector, then arguments and single on its A."""
-    from agentstack.training.recipes import build_tool_adapters
+    from agentstack.offline.training.recipes import build_tool_adapters
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for result in build_tool_adapters(_model_dir(model), out_root, data_dir):
@@ -479,7 +518,7 @@ def adapters_reasoner(
     model: ModelOption = None,
 ) -> None:
     """Train the `reasoner` role (think path) on generated worked arithmetic, on the selector's A."""
-    from agentstack.training.recipes import build_reasoner_adapter
+    from agentstack.offline.training.recipes import build_reasoner_adapter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _print_trained(build_reasoner_adapter(_model_dir(model), out_root, data_dir))
@@ -502,8 +541,8 @@ def eval_bfcl(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
 ) -> None:
     """AST accuracy on BFCL through the serving engine, scored by bfcl-eval's checker."""
-    from agentstack.bfcl.dataset import UnknownCategory, load_category
-    from agentstack.bfcl.evaluate import EvalConfig, EvalMode, evaluate, write_report
+    from agentstack.offline.bfcl.dataset import UnknownCategory, load_category
+    from agentstack.offline.bfcl.evaluate import EvalConfig, EvalMode, evaluate, write_report
 
     try:
         modes = tuple(EvalMode(m) for m in mode)
@@ -542,7 +581,12 @@ def gate_train(
     per_kind: Annotated[Optional[int], typer.Option(help="Measure only the first N prompts of each kind.")] = None,
 ) -> None:
     """Measure the training prompts on the engine, then train the gate (supervised + RLOO)."""
-    from routers.commands import GATE_ENGINE_SETTINGS, OUTCOMES_FILE, measure_train, train_from_outcomes
+    from routers.offline.commands import (
+        GATE_ENGINE_SETTINGS,
+        OUTCOMES_FILE,
+        measure_train,
+        train_from_outcomes,
+    )
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     outcomes = outcomes or out / OUTCOMES_FILE
@@ -564,8 +608,8 @@ def eval_gate(
     per_kind: Annotated[Optional[int], typer.Option(help="Only the first N held-out prompts of each kind.")] = None,
 ) -> None:
     """The gate vs always-think, never-think, fixed roles, random and the oracle, on held-out prompts."""
-    from routers.commands import GATE_ENGINE_SETTINGS, evaluate_gate
-    from routers.evaluate import result_json, write_report
+    from routers.offline.commands import GATE_ENGINE_SETTINGS, evaluate_gate
+    from routers.offline.evaluate import result_json, write_report
 
     settings = _settings(**GATE_ENGINE_SETTINGS)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():

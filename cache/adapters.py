@@ -2,7 +2,7 @@
 
 x·A is cached once for all roles, so roles share a decomposed block only when their
 v_proj lora_A are identical in every layer (training copies the reference role's A and
-freezes it; see ``agentstack.training.lora``). The fingerprint goes into the cache
+freezes it; see ``agentstack.offline.training.lora``). The fingerprint goes into the cache
 namespace, so a block of x·A computed with one A is never read with another.
 """
 

@@ -1,10 +1,11 @@
 """The learned gate (TWN + ReMix): picks role adapter(s) and the think or direct path per request.
 
-`Gate` (routers.gate) reads the backbone's pooled hidden states (routers.features) and
-returns a `RouteDecision`; k > 1 roles are served as one merged uniform mixture
-(routers.mixture). Labels and rewards come from measured engine runs (routers.measure)
-on a generated task family (routers.tasks); training is supervised then RLOO
-(routers.train); `agentstack eval gate` compares it with the baselines (routers.evaluate).
+Serving: `Gate` (routers.gate) reads the backbone's pooled hidden states (routers.features)
+over the routed prompt (routers.prompt) and returns a `RouteDecision`; k > 1 roles are
+served as one merged uniform mixture (routers.mixture); routers.serving plans the request.
+Offline (routers.offline, never imported by serving): labels and rewards come from measured
+engine runs (measure) on a generated task family (tasks); training is supervised then RLOO
+(train); `agentstack eval gate` compares it with the baselines (evaluate).
 """
 
 from routers.gate import Gate, GateFile, GateLoadError, RouteDecision, load_gate

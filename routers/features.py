@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from routers.tasks import route_messages
+from routers.prompt import route_messages
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from agentstack import cli
 from agentstack.cli import app
 
 runner = CliRunner()
@@ -30,3 +32,15 @@ def test_model_prepare_reuses_the_verified_copy(model_dir: Path) -> None:
     result = runner.invoke(app, ["model", "prepare"])
     assert result.exit_code == 0, result.output
     assert "reused" in result.output
+
+
+@pytest.mark.parametrize(
+    "command", [["bench", "fuzz"], ["eval", "gate"], ["adapters", "build"], ["gate", "train"]]
+)
+def test_offline_commands_name_the_tools_extra_when_it_is_missing(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setattr(cli, "TOOLS_MODULES", ("agentstack_missing_tool",))
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert "agentstack[tools]" in result.output and "Traceback" not in result.output

@@ -233,9 +233,8 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
 async def _routed(service: Service, body: ChatCompletionRequest) -> tuple[RouteDecision, Generation]:
     """The gate's decision, then one generation under the chosen role set and path, with the
     prompt and token budget the gate's measurements used."""
-    from routers.measure import max_tokens_for
+    from routers.prompt import max_tokens_for, route_messages
     from routers.serving import decide
-    from routers.tasks import route_messages
 
     router = service.router
     assert router is not None and service.engine is not None

@@ -2,19 +2,19 @@
 role computed, a second engine process finds it in Redis, and with Redis down every
 request still succeeds (served from the memory tier).
 
-Each engine runs in its own process through `agentstack.bench.cache served`, the same
+Each engine runs in its own process through `agentstack bench cache-served`, the same
 path `agentstack bench cache` measures."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agentstack.offline.bench.cache import SERVED_COMMAND
 from agentstack.redis_server import EmbeddedRedis
 from tests.cache.conftest import shipped_family
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def serve(mode: str, redis_url: str, out: Path) -> dict[str, Any]:
     roles = ",".join(p.name for p in shipped_family()[:2])
     subprocess.run(
-        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, redis_url, str(out), "--probe", roles],
+        [*SERVED_COMMAND, mode, redis_url, str(out), "--probe", roles],
         check=True, timeout=600,
     )
     return json.loads(out.read_text())

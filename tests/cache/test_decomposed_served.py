@@ -5,7 +5,7 @@ answer as ordinary vLLM LoRA serving does: same greedy token, and top next-token
 log-probabilities about as close to the fp64 reference as stock serving's are. With
 sharing, a reader loads the writer's role-independent blocks and skips their prefill.
 
-Each engine runs in its own process through `agentstack.bench.cache served`, the path
+Each engine runs in its own process through `agentstack bench cache-served`, the path
 `agentstack bench cache` measures.
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from agentstack.offline.bench.cache import SERVED_COMMAND
 from cache.reference import ReferenceModel
 from tests.cache.conftest import shipped_family
 
@@ -41,7 +41,7 @@ STOCK_SANITY = 0.5
 def serve(mode: str, redis_url: str, out: Path, *extra: str) -> dict[str, Any]:
     roles = ",".join(p.name for p in shipped_family()[:2])
     subprocess.run(
-        [sys.executable, "-m", "agentstack.bench.cache", "served", mode, redis_url, str(out), "--probe", roles, *extra],
+        [*SERVED_COMMAND, mode, redis_url, str(out), "--probe", roles, *extra],
         check=True, timeout=600,
     )
     return json.loads(out.read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentstack.bench.server import ServerProcess
+from agentstack.offline.bench.server import ServerProcess
 
 
 def keyed_server(work_dir: Path, model_dir: Path, **env: str) -> ServerProcess:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agentstack.bench.reliability import bad_adapters, client_disconnects, engine_death, graceful_drain, redis_outage
 from agentstack.cli import ENGINE_DEAD_EXIT_CODE
+from agentstack.offline.bench.reliability import (
+    bad_adapters,
+    client_disconnects,
+    engine_death,
+    graceful_drain,
+    redis_outage,
+)
 from tests.reliability.conftest import keyed_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]

@@ -10,8 +10,8 @@ import asyncio
 import httpx
 import pytest
 
-from agentstack.bench.reliability import run_fuzz, run_load, run_security
-from agentstack.bench.server import RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
+from agentstack.offline.bench.reliability import run_fuzz, run_load, run_security
+from agentstack.offline.bench.server import RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from routers.train import GATE_ROLES
+from routers.offline.train import GATE_ROLES
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,191 @@
+"""`agentstack eval bfcl`: BFCL single-turn categories through the serving engine, scored
+by bfcl-eval's AST checker, for three ways of serving the same backbone:
+
+- `base`:   the base model with the tools in its prompt, as any OpenAI-style request
+            with `tools` and `tool_choice: auto` is served;
+- `single`: one adapter trained to write every call at once;
+- `roles`:  the selector adapter, then the arguments adapter once per chosen function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agentstack.api.schemas import ChatMessage, Tool
+from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
+from agentstack.offline.bfcl.checker import check
+from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
+from agentstack.prompting import parse_reply, render_messages
+from agentstack.service import PromptTooLong, Service
+from agentstack.tool_agent import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
+from agentstack.tool_calling import Call
+
+
+class EvalMode(str, enum.Enum):
+    BASE = "base"
+    SINGLE = "single"
+    ROLES = "roles"
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    categories: tuple[str, ...]
+    modes: tuple[EvalMode, ...] = (EvalMode.BASE, EvalMode.SINGLE, EvalMode.ROLES)
+    limit: int | None = None
+    concurrency: int = 8
+
+
+@dataclass(slots=True)
+class CategoryScore:
+    category: str
+    mode: EvalMode
+    part: str
+    n: int = 0
+    correct: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"category": self.category, "mode": self.mode.value, "n": self.n,
+                "correct": self.correct, "accuracy": round(self.accuracy, 4)}
+
+
+def eval_examples(category: str, limit: int | None) -> tuple[str, list[BfclExample]]:
+    """The dev split of a trained category, every entry of any other; first `limit` by id."""
+    part = "dev" if category in TRAIN_CATEGORIES else "all"
+    chosen = examples(category, part)
+    return part, chosen[:limit] if limit else chosen
+
+
+async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutcome:
+    """What a plain OpenAI request with `tools` gets from the base model."""
+    tools = [Tool.model_validate({"type": "function", "function": _openai_function(f)})
+             for f in example.functions]
+    turns = render_messages([ChatMessage.model_validate(m) for m in example.messages],
+                            system_prompt=None, tools=tools, think=False)
+    completion = await service.complete(service.base_name, turns, CALLS_MAX_TOKENS)
+    reply = parse_reply(completion.text, tools=tools, forced=False, think=False)
+    calls: list[Call] = [
+        {"name": c.function.name, "arguments": _json_object(c.function.arguments)} for c in reply.tool_calls
+    ]
+    outcome = ToolCallOutcome(calls=calls)
+    outcome.add(service.base_name, completion)
+    return outcome
+
+
+def _openai_function(function: dict[str, Any]) -> dict[str, Any]:
+    """BFCL writes `"type": "dict"` where JSON Schema (and OpenAI) say `object`."""
+    parameters = dict(function.get("parameters") or {})
+    if parameters.get("type") == "dict":
+        parameters["type"] = "object"
+    return {**function, "parameters": parameters}
+
+
+def _json_object(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def run_mode(service: Service, mode: EvalMode, example: BfclExample) -> ToolCallOutcome:
+    if mode is EvalMode.BASE:
+        return await _base_outcome(service, example)
+    if mode is EvalMode.SINGLE:
+        return await single_pass(service, example.messages, example.functions)
+    return await select_and_fill(service, example.messages, example.functions)
+
+
+async def score_category(
+    service: Service, category: str, mode: EvalMode, config: EvalConfig, progress: Progress | None
+) -> CategoryScore:
+    part, chosen = eval_examples(category, config.limit)
+    score = CategoryScore(category=category, mode=mode, part=part)
+    gate = asyncio.Semaphore(config.concurrency)
+    task = progress.add_task(f"{mode.value:>6} {category}", total=len(chosen)) if progress else None
+
+    async def one(example: BfclExample) -> None:
+        async with gate:
+            try:
+                outcome = await run_mode(service, mode, example)
+            except PromptTooLong as e:
+                outcome, error = ToolCallOutcome(calls=[]), f"prompt too long: {e}"
+            else:
+                error = ""
+        verdict = check(example, outcome.calls)
+        score.n += 1
+        score.correct += verdict.correct
+        score.prompt_tokens += outcome.prompt_tokens
+        score.generated_tokens += outcome.generated_tokens
+        if not verdict.correct:
+            score.failures.append({"id": example.id, "error": error or verdict.error,
+                                   "calls": outcome.calls, "steps": outcome.steps})
+        if progress is not None and task is not None:
+            progress.advance(task)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(e) for e in chosen))
+    score.wall_s = time.perf_counter() - started
+    return score
+
+
+async def evaluate(service: Service, config: EvalConfig, *, quiet: bool = False) -> list[CategoryScore]:
+    """Every (category, mode) pair, modes interleaved per category so drift hits all alike."""
+    scores: list[CategoryScore] = []
+    with Progress(TextColumn("[bold]eval bfcl[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=quiet) as progress:
+        for category in config.categories:
+            for mode in config.modes:
+                scores.append(await score_category(service, category, mode, config, progress))
+    return scores
+
+
+def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Path, Path]:
+    """Markdown table (accuracy with counts, tokens, throughput), a grouped bar chart, and
+    every miss with the checker's reason and the roles' raw replies, to look into."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with (report_dir / "eval-bfcl-misses.jsonl").open("w", encoding="utf-8") as misses:
+        for s in scores:
+            for failure in s.failures:
+                misses.write(json.dumps({"category": s.category, "mode": s.mode.value, **failure}) + "\n")
+    plot = grouped_bar_chart(
+        report_dir / "eval-bfcl.png",
+        "BFCL AST accuracy by serving mode",
+        {
+            category: {s.mode.value: s.accuracy for s in scores if s.category == category}
+            for category in dict.fromkeys(s.category for s in scores)
+        },
+        ylabel="accuracy",
+    )
+    rows = [
+        [s.category + (" (trained, dev split)" if s.part == "dev" else " (never trained)"),
+         s.mode.value, f"{s.correct}/{s.n}", f"{s.accuracy:.1%}", s.prompt_tokens, s.generated_tokens,
+         f"{s.wall_s:.1f}", f"{s.n / s.wall_s:.2f}" if s.wall_s else "-"]
+        for s in scores
+    ]
+    text = (
+        "# BFCL evaluation\n\n"
+        "Scored by bfcl-eval's AST checker; each row ran through the serving engine.\n\n"
+        + markdown_table(["category", "mode", "correct", "accuracy", "prompt tokens", "generated tokens",
+                          "wall s", "requests/s"], rows)
+        + f"\n\n![accuracy]({plot.name})\n"
+    )
+    report = report_dir / "eval-bfcl.md"
+    report.write_text(text, encoding="utf-8")
+    return report, plot

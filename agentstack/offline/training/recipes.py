@@ -1,0 +1,88 @@
+"""How the shipped tool roles are trained: one recipe per role, the selector first.
+
+The selector is the reference role: its `v_proj` lora_A is trained and then frozen into
+`arguments` and `single`, so all three keep the decomposed cache's shape (no `k_proj`,
+one shared `v_proj` A). Every role gets one pass over its examples at the same batch
+size and learning rate, so `single` and `selector + arguments` get equal training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentstack.offline.bfcl.training_data import ToolRole, write_role_data
+from agentstack.offline.training.lora import TrainResult, TrainSpec, train_lora
+
+REFERENCE_ROLE = ToolRole.SELECTOR
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRecipe:
+    epochs: float = 1.0
+    batch_size: int = 4
+    lr: float = 1.5e-3
+    rank: int = 16
+    alpha: int = 32
+    max_seq_len: int = 768
+    warmup_steps: int = 10
+    seed: int = 0
+
+
+RECIPES: dict[ToolRole, RoleRecipe] = {role: RoleRecipe() for role in ToolRole}
+
+
+def recipe_spec(recipe: RoleRecipe, model_dir: Path, data: Path, out_dir: Path,
+                shared_v_a_from: Path | None) -> TrainSpec:
+    """One recipe's trainer spec; every role of the family goes through here."""
+    return TrainSpec(
+        base_model=model_dir,
+        examples=data,
+        out_dir=out_dir,
+        rank=recipe.rank,
+        alpha=recipe.alpha,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        max_seq_len=recipe.max_seq_len,
+        seed=recipe.seed,
+        checkpoint_every=25,
+        frozen_v_proj_a_from=shared_v_a_from,
+    )
+
+
+def role_spec(
+    role: ToolRole, model_dir: Path, data: Path, out_dir: Path, shared_v_a_from: Path | None
+) -> TrainSpec:
+    return recipe_spec(RECIPES[role], model_dir, data, out_dir, shared_v_a_from)
+
+
+def build_tool_adapters(model_dir: Path, out_root: Path, data_dir: Path) -> list[TrainResult]:
+    """Write each role's data, train the reference role, then the others on its frozen A."""
+    order = [REFERENCE_ROLE, *(r for r in ToolRole if r is not REFERENCE_ROLE)]
+    results = []
+    for role in order:
+        data = data_dir / f"{role.value}.jsonl"
+        write_role_data(role, data)
+        shared = None if role is REFERENCE_ROLE else out_root / REFERENCE_ROLE.value
+        results.append(train_lora(role_spec(role, model_dir, data, out_root / role.value, shared)))
+    return results
+
+
+REASONER_ROLE = "reasoner"
+# Short chats (~60 tokens): one pass over 800 of them is about 6 minutes on 2 CPU cores.
+REASONER_RECIPE = RoleRecipe(max_seq_len=256)
+REASONER_PROBLEMS = 400
+
+
+def build_reasoner_adapter(model_dir: Path, out_root: Path, data_dir: Path) -> TrainResult:
+    """The `reasoner` role: worked steps in a think block then `Answer: <n>` on the think
+    path, the answer line alone on the direct path; on the selector's frozen v_proj A."""
+    from routers.offline.tasks import write_reasoner_data
+
+    data = data_dir / f"{REASONER_ROLE}.jsonl"
+    write_reasoner_data(data, REASONER_PROBLEMS)
+    spec = recipe_spec(REASONER_RECIPE, model_dir, data, out_root / REASONER_ROLE,
+                       out_root / REFERENCE_ROLE.value)
+    return train_lora(spec)

@@ -1,0 +1,131 @@
+"""The work behind `agentstack gate train` and `agentstack eval gate`, on a started service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agentstack.config import PACKAGE_DATA
+from routers.features import DEFAULT_LAYER, FeatureExtractor
+from routers.gate import GATE_FILE, SUPERVISED_GATE_FILE, RouteDecision, load_gate
+from routers.mixture import MixtureCache
+from routers.offline.evaluate import Overhead, PolicyScore, score_policies
+from routers.offline.measure import (
+    MeasureConfig,
+    TaskOutcomes,
+    measure,
+    n_actions,
+    read_outcomes,
+    run_action,
+    write_outcomes,
+)
+from routers.offline.tasks import first_per_kind, gate_tasks
+from routers.offline.train import GATE_ROLES, GateTrainConfig, train_gate
+from routers.serving import RoleResolver
+
+if TYPE_CHECKING:
+    from agentstack.service import Service
+
+GATE_DIR = PACKAGE_DATA / "gate"
+OUTCOMES_FILE = "outcomes-train.jsonl"
+# The engine settings the gate's measurements run under: rank 32 holds a 2-role mixture.
+GATE_ENGINE_SETTINGS: dict[str, Any] = {"max_lora_rank": 32, "max_loras": 8}
+OVERHEAD_REQUESTS = 24
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """`start(description, total)` returns the callback that advances that bar by one."""
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=not enabled) as progress:
+        def start(description: str, total: int) -> Callable[[], None]:
+            task = progress.add_task(description, total=total)
+            return lambda: progress.advance(task)
+
+        yield start
+
+
+def resolver_for(service: Service) -> RoleResolver:
+    return RoleResolver(MixtureCache(service.settings.cache_dir / "mixtures"))
+
+
+async def measure_train(service: Service, out: Path, *, show: bool, max_k: int = 2,
+                        per_kind: int | None = None) -> list[TaskOutcomes]:
+    """Both paths (and every role set) on each training prompt: the TWN labels' source."""
+    tasks = first_per_kind(gate_tasks("train"), per_kind)
+    config = MeasureConfig(roles=GATE_ROLES, max_k=max_k)
+    with progress_bars(show) as start:
+        tick = start("measure train prompts", len(tasks) * n_actions(config))
+        table = await measure(service, resolver_for(service), tasks, config, on_done=tick)
+    write_outcomes(out, table)
+    return table
+
+
+def train_from_outcomes(outcomes: Path, model_dir: Path, out_dir: Path, base_model: str, *,
+                        show: bool, layer: int = DEFAULT_LAYER) -> dict[str, Any]:
+    table = read_outcomes(outcomes)
+    extractor = FeatureExtractor(model_dir, layer=layer).load()
+    measured_k = max(len(o.roles) for o in table[0].outcomes.values())
+    config = GateTrainConfig(ks=tuple(k for k in GateTrainConfig().ks if k <= measured_k))
+    with progress_bars(show) as start:
+        return train_gate(table, gate_tasks("train"), extractor, out_dir, config,
+                          base_model=base_model, progress=start)
+
+
+@dataclass(slots=True)
+class GateEval:
+    policies: list[PolicyScore]
+    supervised: PolicyScore
+    overhead: Overhead
+    table: list[TaskOutcomes]
+    gate_info: dict[str, Any]
+
+
+async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
+                        overhead_requests: int = OVERHEAD_REQUESTS, per_kind: int | None = None) -> GateEval:
+    """Measure the held-out table, decide with both gates, then time the served path."""
+    gate = load_gate(gate_dir / GATE_FILE)
+    supervised_gate = load_gate(gate_dir / SUPERVISED_GATE_FILE)
+    tasks = first_per_kind(gate_tasks("test"), per_kind)
+    config = MeasureConfig(roles=tuple(gate.spec.roles), max_k=gate.spec.top_k)
+    resolver = resolver_for(service)
+    extractor = FeatureExtractor(service.model_dir(), layer=gate.spec.features.layer).load()
+    with progress_bars(show) as start:
+        tick = start("measure held-out prompts", len(tasks) * n_actions(config))
+        table = await measure(service, resolver, tasks, config, on_done=tick)
+        tick = start("gate decisions", len(tasks))
+        decisions: list[RouteDecision] = []
+        supervised: list[RouteDecision] = []
+        for task in tasks:
+            vector = extractor.features(task.messages, task.tools)
+            decisions.append(gate.decide_features(vector))
+            supervised.append(supervised_gate.decide_features(vector))
+            tick()
+        tick = start("served path, one at a time", overhead_requests)
+        gate_s: list[float] = []
+        request_s: list[float] = []
+        count = min(overhead_requests, len(tasks))
+        for task in [tasks[i * len(tasks) // count] for i in range(count)]:  # spread over every kind
+            started = time.perf_counter()
+            vector = extractor.features(task.messages, task.tools)
+            decision = gate.decide_features(vector)
+            gate_done = time.perf_counter()
+            role = await resolver.role_for(service, decision.roles)
+            await run_action(service, role, task, decision.path)
+            gate_s.append(gate_done - started)
+            request_s.append(time.perf_counter() - started)
+            tick()
+    role_paths = {name: ("think" if service.resolve(name).spec.reasoning.value == "think" else "direct")
+                  for name in gate.spec.roles}
+    policies, supervised_score = score_policies(table, decisions, supervised, role_paths,  # type: ignore[arg-type]
+                                                gate.spec.roles, gate.spec.top_k)
+    info = {"top_k": gate.spec.top_k, "roles": gate.spec.roles, "layer": gate.spec.features.layer}
+    return GateEval(policies, supervised_score, Overhead(gate_s, request_s), table, info)

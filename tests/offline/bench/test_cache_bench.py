@@ -1,0 +1,97 @@
+"""`agentstack bench cache`: its BFCL tool-agent workload and the figures it reports.
+
+The workload tests read only the tokenizer; the served test runs the real engine in the
+decomposed mode on one prompt, as the bench does for each of its prompts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from agentstack.engine import chat_prompt_ids
+from agentstack.offline.bench.cache import SERVED_COMMAND, ModeRow, _served_figures
+from agentstack.offline.bench.cache_workload import (
+    MAX_CONTEXT_TOKENS,
+    MIN_CONTEXT_TOKENS,
+    reference_case,
+    toolbox_prompts,
+)
+from agentstack.redis_server import EmbeddedRedis
+from agentstack.tool_calling import function_names, selector_messages
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path) -> Any:
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_each_prompt_is_a_1_to_2k_token_toolbox_holding_its_own_functions(tokenizer: Any) -> None:
+    prompts = toolbox_prompts(4, tokenizer)
+    assert len({p.example.id for p in prompts}) == 4
+    for prompt in prompts:
+        names = function_names(prompt.tools)
+        assert set(function_names(prompt.example.functions)) <= set(names)
+        assert len(names) == len(set(names)), "a function listed twice"
+        tokens = len(chat_prompt_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools)))
+        assert MIN_CONTEXT_TOKENS <= tokens <= MAX_CONTEXT_TOKENS
+
+
+def test_own_functions_are_not_always_listed_first(tokenizer: Any) -> None:
+    firsts = [function_names(p.tools)[0] in function_names(p.example.functions) for p in toolbox_prompts(8, tokenizer)]
+    assert not all(firsts)
+
+
+def test_reference_readers_continue_the_writers_context(tokenizer: Any) -> None:
+    prompt = toolbox_prompts(1, tokenizer)[0]
+    case = reference_case(prompt, tokenizer)
+    writer = chat_prompt_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools))
+    assert case.writer == "selector" and writer[: len(case.context)] == case.context
+    assert len(case.context) >= MIN_CONTEXT_TOKENS - 32
+    assert set(case.tails) == {"arguments", "single"}
+    answer = tokenizer.decode(case.tails["single"])
+    assert prompt.example.reference_calls()[0]["name"] in answer
+
+
+def _record(round_: int, role: str, key: str, cached: int, first: int) -> dict[str, Any]:
+    return {"round": round_, "role": role, "prompt_key": key, "prompt_tokens": 1000, "cached_tokens": cached,
+            "generated_tokens": 10, "ttft_s": 1.0 if cached else 10.0, "first_token": first,
+            "logprobs": {str(first): -0.1, "7": -2.5}}
+
+
+def test_served_figures_pair_readers_only_on_identical_prompts() -> None:
+    """A reader whose prompt differs from non-shared's (another function was selected) is
+    left out of agreement, not counted as a disagreement."""
+    baseline = [_record(0, "selector", "s", 0, 1), _record(0, "arguments", "a", 0, 2), _record(0, "single", "s", 0, 3)]
+    shared = [_record(0, "selector", "s", 0, 1), _record(0, "arguments", "other", 960, 9),
+              _record(0, "single", "s", 992, 3)]
+    run = {"rows": shared, "workload_s": 20.0, "cache_stats": {}, "stored_blocks": 0, "block_size": 32,
+           "outcomes": [{"agent_correct": False, "single_correct": True}]}
+    served = {"non-shared": {**run, "rows": baseline}, "full-shared": run}
+    row = ModeRow("full-shared", 23040, 23040, 0.333, 0.1, 0.9)
+    _served_figures(row, served)
+    assert row.served_prefill_tokens == 3000 - 960 - 992
+    assert row.served_first_token_agreement == 1.0 and row.served_kl_top == 0.0
+    assert row.served_agent_accuracy == 0.0 and row.served_single_accuracy == 1.0 and row.served_accuracy == 0.5
+    assert row.bytes_per_context_token == 23040, "no memory-tier figure: the layout's stays"
+
+
+@pytest.mark.slow
+def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    out = tmp_path / "decomposed.json"
+    subprocess.run(
+        [*SERVED_COMMAND, "decomposed", redis_server.url, str(out), "--prompts", "1"],
+        check=True, timeout=900,
+    )
+    served = json.loads(out.read_text())
+    writer, *readers = served["rows"]
+    assert writer["role"] == "selector" and writer["cached_tokens"] == 0
+    assert {r["role"] for r in readers} >= {"single"}
+    for reader in readers:
+        assert reader["cached_tokens"] >= MIN_CONTEXT_TOKENS - 32, reader["role"]
+    assert [o["id"] for o in served["outcomes"]] == ["multiple_11"]
+    assert served["cache_stats"]["worker"]["cross_role_reuses"]["decomposed"] == len(readers)
