@@ -18,15 +18,21 @@ CONVERSATION = [
 
 
 def test_calls_and_results_become_plain_turns_a_chat_model_accepts() -> None:
-    turns = selector_messages(convert_to_openai_messages(CONVERSATION), TOOLS)  # type: ignore[arg-type]
+    turns = selector_messages(convert_to_openai_messages(CONVERSATION[:3]), TOOLS)  # type: ignore[arg-type]
     assert turns[0]["role"] == "system" and TOOLS_PREAMBLE in turns[0]["content"]
     assert turns[1:] == [
         {"role": "user", "content": "What's the weather in Paris?"},
         {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
         {"role": "user", "content": "18 degrees, sunny"},
-        {"role": "user", "content": "And in Oslo?"},
     ]
     assert len(convert_to_messages(turns)) == len(turns)  # no turn needs a tool-call id
+
+
+def test_tool_roles_read_the_request_at_hand_not_earlier_exchanges() -> None:
+    history = [{"role": "system", "content": "Be brief."}, *convert_to_openai_messages(CONVERSATION)]
+    turns = selector_messages(history, TOOLS)  # type: ignore[arg-type]
+    assert turns[0]["content"].startswith("Be brief.")
+    assert turns[1:] == [{"role": "user", "content": "And in Oslo?"}]
 
 
 def test_developer_text_and_content_parts_are_read() -> None:
