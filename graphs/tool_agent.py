@@ -30,7 +30,7 @@ from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
 from agentstack.chat_model import RoleChatModel
-from agentstack.tool_calling import arguments_messages, parse_calls, parse_selection, selector_messages
+from agentstack.chat.tool_prompts import arguments_messages, parse_calls, parse_selection, selector_messages
 from graphs.tools import DEFAULT_TOOLS, ToolRegistry
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from agentstack.prompting import THINK_INSTRUCTION
-from agentstack.tool_calling import tool_context
+from agentstack.chat.template import THINK_INSTRUCTION
+from agentstack.chat.tool_prompts import tool_context
 
 Path_ = Literal["think", "direct"]
 # The think path's token budget covers the reasoning and the answer line after it; the

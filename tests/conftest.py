@@ -148,7 +148,7 @@ def base_url(live_server: LiveServer) -> str:
 
 def selector_chat() -> list[dict[str, str]]:
     """The tool context the selector role reads for TOOL_QUESTION."""
-    from agentstack.tool_calling import selector_messages
+    from agentstack.chat.tool_prompts import selector_messages
 
     return selector_messages([{"role": "user", "content": TOOL_QUESTION}], TOOLS)
 
@@ -156,6 +156,6 @@ def selector_chat() -> list[dict[str, str]]:
 def names_one_function(text: str) -> bool:
     """The selector role's reply shape: exactly one of the listed function names, nothing else.
     (Which one it picks is measured by `agentstack eval bfcl`, not asserted here.)"""
-    from agentstack.tool_calling import parse_selection
+    from agentstack.chat.tool_prompts import parse_selection
 
     return len(parse_selection(text, TOOLS)) == 1 and text.strip() in {"get_weather", "convert_currency"}

@@ -52,7 +52,7 @@ from agentstack.chat.dispatch import (
     usage_of,
 )
 from agentstack.errors import InvalidRequest
-from agentstack.prompting import render_messages
+from agentstack.chat.template import render_messages
 from agentstack.roles import Role
 from agentstack.service import AUTO_MODEL, Service
 
@@ -187,7 +187,7 @@ async def route(body: RouteRequest, request: Request) -> RouteResponse:
     service = service_of(request)
     if service.router is None:
         raise InvalidRequest("the learned gate is not enabled on this server", param="model")
-    from agentstack.tool_calling import plain_turns
+    from agentstack.chat.tool_prompts import plain_turns
     from routers.serving import decide
 
     turns = plain_turns([m.model_dump(exclude_none=True) for m in body.messages])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agentstack.tool_calling import parse_calls
+from agentstack.chat.tool_prompts import parse_calls
 from routers.prompt import route_messages
 
 TaskKind = Literal["arith-easy", "arith-hard", "tool", "chat"]

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from agentstack.tool_calling import parse_calls
+from agentstack.chat.tool_prompts import parse_calls
 from tests.conftest import TOOLS, selector_chat, names_one_function
 
 pytestmark = pytest.mark.slow

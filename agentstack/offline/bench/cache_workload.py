@@ -20,8 +20,8 @@ from agentstack.engine import chat_prompt_ids
 from agentstack.offline.bfcl.checker import check
 from agentstack.offline.bfcl.dataset import BfclExample, examples
 from agentstack.service import Completion
-from agentstack.tool_agent import SELECTOR_ROLE, select_and_fill, single_pass
-from agentstack.tool_calling import (
+from agentstack.chat.tool_roles import SELECTOR_ROLE, select_and_fill, single_pass
+from agentstack.chat.tool_prompts import (
     arguments_messages,
     calls_text,
     function_names,

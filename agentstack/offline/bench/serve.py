@@ -26,7 +26,7 @@ from agentstack.api.schemas import ChatMessage
 from agentstack.config import Settings
 from agentstack.offline.bench.in_process import service_over_http
 from agentstack.offline.bench.report import bar_chart, markdown_table
-from agentstack.prompting import render_messages
+from agentstack.chat.template import render_messages
 from agentstack.service import Service
 
 QUESTIONS = [

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentstack.offline.bfcl.dataset import BfclExample
-from agentstack.tool_calling import Call
+from agentstack.chat.tool_prompts import Call
 
 # The checker looks a model up only to know whether it rewrote dotted function names to
 # underscores (as OpenAI-style function calling must). Ours keeps names as written, like

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agentstack.config import PACKAGE_DATA
-from agentstack.tool_calling import Call
+from agentstack.chat.tool_prompts import Call
 
 TRAIN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
 SPLIT_FILE = PACKAGE_DATA / "bfcl_split.json"

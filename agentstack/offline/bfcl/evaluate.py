@@ -24,10 +24,10 @@ from agentstack.api.schemas import ChatMessage, Tool
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
 from agentstack.offline.bfcl.checker import check
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
-from agentstack.prompting import parse_reply, render_messages
+from agentstack.chat.template import parse_reply, render_messages
 from agentstack.service import PromptTooLong, Service
-from agentstack.tool_agent import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
-from agentstack.tool_calling import Call
+from agentstack.chat.tool_roles import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
+from agentstack.chat.tool_prompts import Call
 
 
 class EvalMode(str, enum.Enum):

@@ -1,7 +1,7 @@
 """Chat examples for the tool roles, built from the train part of the trained categories.
 
 Every role sees the same examples; only the tail of the chat differs (see
-`agentstack.tool_calling`). BFCL's trained categories always have a function to call, so
+`agentstack.chat.tool_prompts`). BFCL's trained categories always have a function to call, so
 `selector` and `single` also learn to say `none` from questions paired with another
 example's functions — still train data only, nothing from evaluation-only categories.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
-from agentstack.tool_calling import (
+from agentstack.chat.tool_prompts import (
     NONE_SELECTED,
     arguments_messages,
     calls_text,

@@ -22,7 +22,7 @@ from agentstack.offline.bench.cache_workload import (
     toolbox_prompts,
 )
 from agentstack.redis_server import EmbeddedRedis
-from agentstack.tool_calling import function_names, selector_messages
+from agentstack.chat.tool_prompts import function_names, selector_messages
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, UnknownCategory, examples, load_category, load_split
 from agentstack.offline.bfcl.training_data import ToolRole, role_chats, train_examples
-from agentstack.tool_calling import NONE_SELECTED, function_names, parse_calls, parse_selection
+from agentstack.chat.tool_prompts import NONE_SELECTED, function_names, parse_calls, parse_selection
 
 
 @pytest.mark.parametrize("category", TRAIN_CATEGORIES)

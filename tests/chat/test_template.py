@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from agentstack.api.schemas import ChatMessage, NamedToolChoice, Tool
-from agentstack.prompting import forced_call_schema, may_become_tool_call, parse_reply, render_messages
+from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
 
 TOOLS = [Tool.model_validate({"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage, convert_to_openai_messages
 from langchain_core.messages.utils import convert_to_messages
 
-from agentstack.tool_calling import TOOLS_PREAMBLE, selector_messages
+from agentstack.chat.tool_prompts import TOOLS_PREAMBLE, selector_messages
 from tests.conftest import TOOLS
 
 CONVERSATION = [

@@ -1,6 +1,6 @@
 """The tool-calling workflow on the engine: selector, then arguments once per chosen
 function, ending in OpenAI `tool_calls`; and the one-adapter `single` pass it is
-compared with. Prompts and parsing live in `agentstack.tool_calling`."""
+compared with. Prompts and parsing live in `agentstack.chat.tool_prompts`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from agentstack.chat.requests import ToolCall, ToolCallFunction
 from agentstack.service import Completion
-from agentstack.tool_calling import (
+from agentstack.chat.tool_prompts import (
     Call,
     arguments_messages,
     parse_calls,
