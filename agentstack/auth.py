@@ -12,7 +12,8 @@ or be a YAML document giving each key a name and its allowed roles and graphs:
         graphs: [tool_agent]
         admin: false              # run-time adapter loading
 
-The caller of the current request is a context variable, set once by the API's guard:
+The caller of the current request is a context variable, set once by the API's
+authentication dependency (`agentstack.api.security`); outside a request it is `NOBODY`:
 the engine call (cache salt) and the workflow layer (thread owner) read it without
 every signature in between carrying it, and tasks a request starts inherit it.
 """
@@ -66,8 +67,13 @@ class Principal:
 
 
 ANONYMOUS = Principal(name="anonymous", admin=True)
+"""The one tenant of a server without keys (loopback only): every right."""
 
-current_principal: ContextVar[Principal] = ContextVar("agentstack_principal", default=ANONYMOUS)
+NOBODY = Principal(name="nobody", roles=frozenset(), graphs=frozenset(), admin=False)
+"""Whoever runs outside a request the API authenticated: no rights, so a code path that
+forgets to authenticate fails closed."""
+
+current_principal: ContextVar[Principal] = ContextVar("agentstack_principal", default=NOBODY)
 
 
 class KeyEntry(BaseModel):

@@ -6,11 +6,13 @@ in-process callers (graph nodes through `RoleChatModel`) catch the same types.
 
     AgentstackError                      code                 HTTP
      ├── InvalidRequest                  invalid_request      400  bad values, unusable input
+     ├── Unauthenticated                 unauthenticated      401  no API key, or a wrong one
      ├── Forbidden                       forbidden            403  the API key may not use this
      ├── NotFound                        not_found            404  unknown model/adapter/thread/run
      ├── Conflict                        conflict             409  clashes with the current state
      ├── UnprocessableEntity             unprocessable        422  input that does not fit a graph
-     └── ServiceUnavailable              unavailable          503  a dependency is down
+     ├── RateLimited                     rate_limited         429  the key's queue is full
+     └── ServiceUnavailable              unavailable          503  a dependency is down, or draining
 
 Errors of configuration found at start (roles file, gate file, keys file, engine
 platform) are `ValueError`s of their own modules: they stop the server, not a request.
@@ -29,15 +31,22 @@ class AgentstackError(Exception):
     status: ClassVar[int] = 500
     default_param: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param if param is not None else self.default_param
+        self.headers = headers or {}
+        """HTTP headers the answer carries (`Retry-After`, `WWW-Authenticate`)."""
 
 
 class InvalidRequest(AgentstackError):
     code = "invalid_request"
     status = 400
+
+
+class Unauthenticated(AgentstackError):
+    code = "unauthenticated"
+    status = 401
 
 
 class Forbidden(AgentstackError):
@@ -58,6 +67,11 @@ class Conflict(AgentstackError):
 class UnprocessableEntity(AgentstackError):
     code = "unprocessable"
     status = 422
+
+
+class RateLimited(AgentstackError):
+    code = "rate_limited"
+    status = 429
 
 
 class ServiceUnavailable(AgentstackError):

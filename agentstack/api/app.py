@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, error bodies, and the request guard in front of them."""
+"""The FastAPI application: routes (each with its security dependencies), error bodies,
+and the request limits in front of them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi import FastAPI
 
 from agentstack.api import admin_routes, langgraph_routes, openai_routes
 from agentstack.api.errors import ERROR_RESPONSES, install_error_handlers
-from agentstack.api.guard import RequestGuard
+from agentstack.api.limits import RequestLimits
+from agentstack.api.security import Admission
 from agentstack.auth import KeyRing, load_keyring
 from agentstack.service import Service
 
@@ -35,6 +37,9 @@ def create_app(service: Service, *, manage_lifecycle: bool = True, keyring: KeyR
     for router in (openai_routes.router, admin_routes.router, langgraph_routes.router):
         app.include_router(router, responses=ERROR_RESPONSES)
     app.state.keyring = keyring
-    app.add_middleware(RequestGuard, service=service, keyring=keyring)
+    settings = service.settings
+    app.state.admission = Admission(settings.max_concurrency_per_key, settings.max_queue_per_key)
+    app.add_middleware(RequestLimits, metrics=service.metrics, max_body_bytes=settings.max_body_bytes,
+                       timeout_s=settings.request_timeout_s)
     return app
 

@@ -8,8 +8,8 @@ sees internals.
 
 Body: {"error": {"message", "type", "param", "code"}} with `type` OpenAI's name for the
 status and `code` the HTTP status. Authentication (401), limits (413, 429, 504) and role
-permissions are answered before any route by the request guard (`agentstack.api.guard`),
-in the same body.
+permissions are answered by the routes' security dependencies (`agentstack.api.security`)
+and body and time limits by `agentstack.api.limits`, in the same body.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 clients and schema-driven tests know the error shape."""
 
 
+REFUSALS = frozenset({401, 403, 429, 503})
+"""Statuses counted in `agentstack:requests_refused_total` (by error code): the server
+turned the caller away rather than failing on the request."""
+
+
 def error_body(status: int, type_: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
@@ -96,8 +101,11 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AgentstackError)
-    async def _agentstack_error(_: Request, exc: AgentstackError) -> JSONResponse:
-        return error_response(exc.status, status_type(exc.status), exc.message, exc.param)
+    async def _agentstack_error(request: Request, exc: AgentstackError) -> JSONResponse:
+        if exc.status in REFUSALS:
+            request.app.state.service.metrics.requests_refused.labels(exc.code).inc()
+        return error_response(exc.status, status_type(exc.status), exc.message, exc.param,
+                              headers=exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

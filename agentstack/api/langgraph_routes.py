@@ -2,8 +2,8 @@
 
 `langgraph-sdk` (sync and async) and `RemoteGraph` work against these unmodified. The
 router brings its own lifespan, which starts the workflow manager once the service is
-up, and its own route class, which checks thread ownership before the route runs.
-Workflow errors are agentstack errors: the SDK reads the message from their body and
+up; every route authenticates the caller and checks that a thread in its path is the
+caller's. Workflow errors are agentstack errors: the SDK reads the message from their body and
 picks its exception by status.
 
 Tenancy: with API keys on, a thread belongs to the key that created it (its `owner`
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +34,7 @@ from agentstack.api.langgraph_schemas import (
     ThreadSearch,
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
+from agentstack.api.security import Caller, GenerationSlot, caller
 from agentstack.auth import current_principal
 from agentstack.errors import Conflict, Forbidden, ServiceUnavailable
 from agentstack.workflows import RunHandle, WorkflowManager, WorkflowNotFound
@@ -44,17 +45,13 @@ OWNER = "owner"
 
 
 class WorkflowRoute(APIRoute):
-    """Checks thread ownership first, and answers an unreachable Redis as 503 (threads and
-    runs live there)."""
+    """Answers an unreachable Redis as 503: threads and runs live there."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
             try:
-                thread_id = request.path_params.get("thread_id")
-                if thread_id is not None:
-                    await _check_owner(request, thread_id)
                 return await handler(request)
             except (RedisConnectionError, RedisTimeoutError) as e:
                 raise ServiceUnavailable(
@@ -75,7 +72,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.stop()
 
 
-router = APIRouter(lifespan=lifespan, route_class=WorkflowRoute, tags=["langgraph"])
+async def _check_owner(request: Request, principal: Caller) -> None:
+    """Another key's thread answers as missing, so thread ids leak nothing across tenants."""
+    thread_id = request.path_params.get("thread_id")
+    owner = owner_of(request)
+    if thread_id is None or owner is None:
+        return
+    record = await workflows_of(request).store.get_thread(thread_id)
+    if record is not None and not owns(record, owner):
+        raise WorkflowNotFound("thread", thread_id)
+
+
+router = APIRouter(lifespan=lifespan, route_class=WorkflowRoute, tags=["langgraph"],
+                   dependencies=[Depends(caller), Depends(_check_owner)])
 
 
 def workflows_of(request: Request) -> WorkflowManager:
@@ -89,16 +98,6 @@ def owner_of(request: Request) -> str | None:
 
 def owns(record: ThreadRecord, owner: str | None) -> bool:
     return owner is None or record.metadata.get(OWNER) == owner
-
-
-async def _check_owner(request: Request, thread_id: str) -> None:
-    """Another key's thread answers as missing, so thread ids leak nothing across tenants."""
-    owner = owner_of(request)
-    if owner is None:
-        return
-    record = await workflows_of(request).store.get_thread(thread_id)
-    if record is not None and not owns(record, owner):
-        raise WorkflowNotFound("thread", thread_id)
 
 
 def stamped(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -120,11 +119,6 @@ def run_path(handle: RunHandle) -> str:
 
 
 # Health
-
-
-@router.get("/ok")
-async def ok() -> dict[str, bool]:
-    return {"ok": True}
 
 
 # Assistants
@@ -297,37 +291,37 @@ async def _start(request: Request, thread_id: str | None, body: RunCreate) -> Ru
     return await workflows.create_run(thread_id, body.spec())
 
 
-@router.post("/threads/{thread_id}/runs")
+@router.post("/threads/{thread_id}/runs", dependencies=[GenerationSlot])
 async def create_run(thread_id: str, body: RunCreate, request: Request) -> Response:
     handle = await _start(request, thread_id, body)
     return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
 
 
-@router.post("/runs")
+@router.post("/runs", dependencies=[GenerationSlot])
 async def create_stateless_run(body: RunCreate, request: Request) -> Response:
     handle = await _start(request, None, body)
     return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
 
 
-@router.post("/threads/{thread_id}/runs/stream", response_model=None)
+@router.post("/threads/{thread_id}/runs/stream", response_model=None, dependencies=[GenerationSlot])
 async def stream_run(thread_id: str, body: RunCreate, request: Request) -> StreamingResponse:
     handle = await _start(request, thread_id, body)
     return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
-@router.post("/runs/stream", response_model=None)
+@router.post("/runs/stream", response_model=None, dependencies=[GenerationSlot])
 async def stream_stateless_run(body: RunCreate, request: Request) -> StreamingResponse:
     handle = await _start(request, None, body)
     return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
-@router.post("/threads/{thread_id}/runs/wait")
+@router.post("/threads/{thread_id}/runs/wait", dependencies=[GenerationSlot])
 async def wait_run(thread_id: str, body: RunCreate, request: Request) -> Response:
     handle = await _start(request, thread_id, body)
     return await _outcome_unless_disconnected(request, handle, cancel=body.on_disconnect == "cancel")
 
 
-@router.post("/runs/wait")
+@router.post("/runs/wait", dependencies=[GenerationSlot])
 async def wait_stateless_run(body: RunCreate, request: Request) -> Response:
     handle = await _start(request, None, body)
     return await _outcome_unless_disconnected(request, handle, cancel=body.on_disconnect == "cancel")

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentstack.api.errors import error_body
@@ -33,6 +33,7 @@ from agentstack.api.schemas import (
     ToolCall,
     Usage,
 )
+from agentstack.api.security import Caller, GenerationSlot, caller, check_model
 from agentstack.api.sse import chat_chunk, sse, usage_chunk
 from agentstack.chat.dispatch import (
     TOOL_CALLING_MODEL,
@@ -56,7 +57,7 @@ from agentstack.chat.template import render_messages
 from agentstack.roles import Role
 from agentstack.service import AUTO_MODEL, Service
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(caller)])
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -125,10 +126,12 @@ def _tool_call_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
             for i, call in enumerate(calls)]
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+@router.post("/v1/chat/completions", response_model=None, dependencies=[GenerationSlot])
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           principal: Caller) -> JSONResponse | StreamingResponse:
     service = service_of(request)
     count_as(request, service, body.model)
+    check_model(principal, body.model)
     plan = await plan_chat(service, body)
     headers = {"x-agentstack-route": plan.route.header()} if plan.route is not None else {}
     if body.stream:
@@ -196,10 +199,12 @@ async def route(body: RouteRequest, request: Request) -> RouteResponse:
     return RouteResponse.model_validate(decision.as_dict())
 
 
-@router.post("/v1/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+@router.post("/v1/completions", response_model=None, dependencies=[GenerationSlot])
+async def completions(body: CompletionRequest, request: Request,
+                      principal: Caller) -> JSONResponse | StreamingResponse:
     service = service_of(request)
     count_as(request, service, body.model)
+    check_model(principal, body.model)
     role = resolve_model(service, body.model)
     assert service.engine is not None
     prompt_ids = service.engine.text_prompt(body.prompt_text)

@@ -1,5 +1,5 @@
-"""API keys and the request guard, on the real ASGI app without an engine: everything the
-guard refuses is refused before a route (and so before the engine) is reached."""
+"""API keys, permissions and limits on the real ASGI app without an engine: everything
+refused is refused before the route's own code (and so before the engine) runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from agentstack.api.app import create_app
-from agentstack.api.guard import Admission, Refused
+from agentstack.api.security import Admission
+from agentstack.errors import RateLimited
 from agentstack.auth import AuthConfigError, digest_of, load_keyring, parse_key_file
 from agentstack.config import Settings
 from agentstack.service import Service
@@ -111,6 +112,23 @@ async def test_guard_refuses_before_any_route(guarded: httpx.AsyncClient) -> Non
         assert (await client.get("/openapi.json")).status_code == 200
 
 
+async def test_the_openapi_document_declares_how_to_authenticate(guarded: httpx.AsyncClient) -> None:
+    async with guarded as client:
+        document = (await client.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    assert {name for requirement in chat["security"] for name in requirement} == set(schemes)
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+async def test_a_wrong_method_says_which_are_allowed(guarded: httpx.AsyncClient) -> None:
+    async with guarded as client:
+        wrong = await client.get("/v1/chat/completions", headers={"x-api-key": KEY_A})
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == 405
+
+
 async def test_admission_queues_then_refuses_with_retry_after() -> None:
     admission = Admission(max_concurrency=1, max_queue=1)
     release = asyncio.Event()
@@ -124,7 +142,7 @@ async def test_admission_queues_then_refuses_with_retry_after() -> None:
     queued = asyncio.create_task(hold())
     await asyncio.sleep(0)
     assert admission.waiting() == 1
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(RateLimited) as refused:
         async with admission.slot("a"):
             pass
     assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1

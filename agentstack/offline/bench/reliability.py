@@ -459,10 +459,6 @@ async def engine_death(server: ServerProcess) -> FaultRow:
                     else f"/readyz never failed; exit code {code}")
 
 
-def serve_for_bench(work_dir: Path, **env: str) -> ServerProcess:
-    return ServerProcess(work_dir=work_dir, env={k.upper(): v for k, v in env.items()}).start()
-
-
 # Reports
 
 
