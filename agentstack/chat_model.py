@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
+from httpx_sse import aconnect_sse, connect_sse
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
@@ -70,10 +71,8 @@ class _ChunkReader:
     finish_reason: str | None = None
     usage: TokenUsage | None = None
 
-    def events(self, line: str) -> list[ChatEvent]:
-        if not line.startswith("data:"):
-            return []
-        data = line[5:].strip()
+    def events(self, data: str) -> list[ChatEvent]:
+        """The events of one SSE message's data."""
         if not data or data == "[DONE]":
             return []
         chunk: dict[str, Any] = json.loads(data)
@@ -190,24 +189,24 @@ class RemoteSource:
     async def astream(self, payload: dict[str, Any]) -> AsyncIterator[ChatEvent]:
         reader = _ChunkReader()
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-            async with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise ChatModelError(_error_message(response))
-                async for line in response.aiter_lines():
-                    for event in reader.events(line):
+            async with aconnect_sse(client, "POST", self.url, json=payload, headers=self._headers) as source:
+                if source.response.status_code >= 400:
+                    await source.response.aread()
+                    raise ChatModelError(_error_message(source.response))
+                async for message in source.aiter_sse():
+                    for event in reader.events(message.data):
                         yield event
         yield reader.finished()
 
     def stream(self, payload: dict[str, Any]) -> Iterator[ChatEvent]:
         reader = _ChunkReader()
         with httpx.Client(timeout=self.timeout_s) as client:
-            with client.stream("POST", self.url, json=payload, headers=self._headers) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ChatModelError(_error_message(response))
-                for line in response.iter_lines():
-                    yield from reader.events(line)
+            with connect_sse(client, "POST", self.url, json=payload, headers=self._headers) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise ChatModelError(_error_message(source.response))
+                for message in source.iter_sse():
+                    yield from reader.events(message.data)
         yield reader.finished()
 
 

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from fastapi.routing import APIRoute
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +34,7 @@ from agentstack.api.langgraph_schemas import (
     ThreadSearch,
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
+from agentstack.api.sse import sse_response
 from agentstack.api.security import Caller, GenerationSlot, caller
 from agentstack.auth import current_principal
 from agentstack.errors import Conflict, Forbidden, ServiceUnavailable
@@ -249,23 +250,22 @@ async def get_history(thread_id: str, request: Request, limit: int = 10, before:
 
 
 def _sse(handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
-         modes: list[str] | None = None) -> StreamingResponse:
+         modes: list[str] | None = None) -> EventSourceResponse:
     """The run's events as SSE; a client that goes away cancels the run if asked to."""
     always = {"metadata", "error", "end"}
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[ServerSentEvent]:
         try:
             async for event in handle.log.follow(after):
                 mode = event.name.split("|")[0].split("/")[0]
                 if modes is None or event.name in always or mode in modes or (
                         mode == "messages" and "messages-tuple" in modes):
-                    yield event.sse()
+                    yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep="\n")
         finally:
             if cancel_on_disconnect and not handle.done.is_set() and handle.task is not None:
                 handle.task.cancel()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Content-Location": run_path(handle), "Cache-Control": "no-store"})
+    return sse_response(events(), headers={"Content-Location": run_path(handle)})
 
 
 async def _outcome_unless_disconnected(request: Request, handle: RunHandle, *, cancel: bool) -> Response:
@@ -303,14 +303,14 @@ async def create_stateless_run(body: RunCreate, request: Request) -> Response:
     return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
 
 
-@router.post("/threads/{thread_id}/runs/stream", response_model=None, dependencies=[GenerationSlot])
-async def stream_run(thread_id: str, body: RunCreate, request: Request) -> StreamingResponse:
+@router.post("/threads/{thread_id}/runs/stream", response_class=EventSourceResponse, dependencies=[GenerationSlot])
+async def stream_run(thread_id: str, body: RunCreate, request: Request) -> EventSourceResponse:
     handle = await _start(request, thread_id, body)
     return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
-@router.post("/runs/stream", response_model=None, dependencies=[GenerationSlot])
-async def stream_stateless_run(body: RunCreate, request: Request) -> StreamingResponse:
+@router.post("/runs/stream", response_class=EventSourceResponse, dependencies=[GenerationSlot])
+async def stream_stateless_run(body: RunCreate, request: Request) -> EventSourceResponse:
     handle = await _start(request, None, body)
     return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
@@ -359,12 +359,12 @@ async def join_run(thread_id: str, run_id: str, request: Request) -> Response:
     return await _outcome_unless_disconnected(request, handle, cancel=False)
 
 
-@router.get("/threads/{thread_id}/runs/{run_id}/stream", response_model=None)
+@router.get("/threads/{thread_id}/runs/{run_id}/stream", response_class=EventSourceResponse)
 async def join_run_stream(
     thread_id: str, run_id: str, request: Request, cancel_on_disconnect: bool = False,
     stream_mode: Annotated[list[str] | None, Query()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     handle = await workflows_of(request).run_handle(thread_id, run_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
     modes = [m for m in stream_mode or [] if m] or None

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from agentstack.api.errors import error_body
 from agentstack.api.schemas import (
@@ -34,7 +35,7 @@ from agentstack.api.schemas import (
     Usage,
 )
 from agentstack.api.security import Caller, GenerationSlot, caller, check_model
-from agentstack.api.sse import chat_chunk, sse, usage_chunk
+from agentstack.api.sse import DONE, chat_chunk, data_event, sse_response, usage_chunk
 from agentstack.chat.dispatch import (
     TOOL_CALLING_MODEL,
     ChatEvent,
@@ -128,7 +129,7 @@ def _tool_call_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 @router.post("/v1/chat/completions", response_model=None, dependencies=[GenerationSlot])
 async def chat_completions(body: ChatCompletionRequest, request: Request,
-                           principal: Caller) -> JSONResponse | StreamingResponse:
+                           principal: Caller) -> JSONResponse | EventSourceResponse:
     service = service_of(request)
     count_as(request, service, body.model)
     check_model(principal, body.model)
@@ -136,8 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     headers = {"x-agentstack-route": plan.route.header()} if plan.route is not None else {}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_chat_stream(service, plan, include_usage=include_usage),
-                                 media_type="text/event-stream", headers=headers)
+        return sse_response(_chat_stream(service, plan, include_usage=include_usage), headers=headers)
     events = await run_unless_disconnected(request, _all(chat_events(service, plan, incremental=False)))
     if events is None:
         return client_gone()
@@ -155,13 +155,14 @@ def _chat_response(plan: ChatPlan, events: list[ChatEvent]) -> ChatCompletionRes
                                   choices=[ChatChoice(message=message, finish_reason=finished.reason)])
 
 
-async def _chat_stream(service: Service, plan: ChatPlan, *, include_usage: bool) -> AsyncIterator[str]:
+async def _chat_stream(service: Service, plan: ChatPlan, *, include_usage: bool
+                       ) -> AsyncIterator[ServerSentEvent]:
     """SSE chunks as the OpenAI SDK reads them; a failure after the first byte can only be
     reported in the stream."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return sse(chat_chunk(plan.request_id, created, plan.model, delta, finish))
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> ServerSentEvent:
+        return data_event(chat_chunk(plan.request_id, created, plan.model, delta, finish))
 
     try:
         async for event in chat_events(service, plan, incremental=True):
@@ -176,12 +177,13 @@ async def _chat_stream(service: Service, plan: ChatPlan, *, include_usage: bool)
             else:
                 yield chunk({}, event.reason)
                 if include_usage:
-                    yield sse(usage_chunk(plan.request_id, created, plan.model, _usage(event.usage).model_dump()))
+                    yield data_event(usage_chunk(plan.request_id, created, plan.model,
+                                                 _usage(event.usage).model_dump()))
     except Exception:
         logger.exception("generation failed mid-stream")
-        yield sse(error_body(500, "InternalServerError", "generation failed"))
+        yield data_event(error_body(500, "InternalServerError", "generation failed"))
         return
-    yield sse("[DONE]")
+    yield DONE
 
 
 @router.post("/v1/route")
@@ -201,7 +203,7 @@ async def route(body: RouteRequest, request: Request) -> RouteResponse:
 
 @router.post("/v1/completions", response_model=None, dependencies=[GenerationSlot])
 async def completions(body: CompletionRequest, request: Request,
-                      principal: Caller) -> JSONResponse | StreamingResponse:
+                      principal: Caller) -> JSONResponse | EventSourceResponse:
     service = service_of(request)
     count_as(request, service, body.model)
     check_model(principal, body.model)
@@ -213,10 +215,7 @@ async def completions(body: CompletionRequest, request: Request,
     prefix = body.prompt_text if body.echo else ""
 
     if body.stream:
-        return StreamingResponse(
-            _completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix),
-            media_type="text/event-stream",
-        )
+        return sse_response(_completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix))
     final = await last_output_unless_disconnected(
         request, service.stream(role, prompt_ids, sampling, request_id=request_id)
     )
@@ -235,7 +234,7 @@ async def completions(body: CompletionRequest, request: Request,
 async def _completion_events(
     service: Service, role: Role, model: str, prompt_ids: list[int], sampling: Any,
     request_id: str, prefix: str,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[ServerSentEvent]:
     created = int(time.time())
     sent = 0
     pending = prefix
@@ -251,8 +250,8 @@ async def _completion_events(
         pending = ""
         sent = len(completion.text)
         if delta or finish:
-            yield sse(chunk(delta, finish))
-    yield sse("[DONE]")
+            yield data_event(chunk(delta, finish))
+    yield DONE
 
 
 @router.post("/tokenize")

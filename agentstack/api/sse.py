@@ -1,14 +1,28 @@
-"""Server-sent events in the shape the OpenAI SDK reads."""
+"""Server-sent events through sse-starlette, in the shapes the OpenAI SDK and
+langgraph-sdk read: `data:` JSON chunks ending with `data: [DONE]` for chat and
+completions; `event:`/`data:`/`id:` events for graph runs (the id is what a client sends
+back as `Last-Event-ID`). Lines end in `\\n`, as vLLM's and LangGraph's servers write them;
+the response keeps the connection alive with comment pings and stops the generator when
+the client leaves (aborting its engine request)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
-def sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
+DONE = ServerSentEvent(data="[DONE]", sep="\n")
+
+
+def data_event(payload: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps(payload, separators=(",", ":")), sep="\n")
+
+
+def sse_response(events: AsyncIterable[ServerSentEvent], headers: Mapping[str, str] | None = None
+                 ) -> EventSourceResponse:
+    return EventSourceResponse(events, headers=headers, sep="\n")
 
 
 def chat_chunk(request_id: str, created: int, model: str, delta: dict[str, Any],

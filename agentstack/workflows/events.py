@@ -33,9 +33,6 @@ class Event:
     name: str
     data: str
 
-    def sse(self) -> str:
-        return f"event: {self.name}\ndata: {self.data}\nid: {self.id}\n\n"
-
 
 @dataclass
 class EventLog:
