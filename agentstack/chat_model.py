@@ -1,8 +1,9 @@
 """Roles as LangChain chat models, so LangGraph nodes call them like any chat model.
 
 `RoleChatModel(role="planner")` talks to one role, `auto` (the gate) or `tool-calling`
-either on the engine of the process it runs in — the server binds its service with
-`bind_service`, so graph nodes run on the shared backbone without HTTP — or, with
+either on the engine of the process it runs in — the server binds its service to each
+graph run with `bind_service`, so graph nodes run on the shared backbone without HTTP —
+or, with
 `base_url`, on a remote agentstack server through its OpenAI-compatible endpoint. The
 in-process path calls the chat core (`agentstack.chat.dispatch`) the HTTP route calls,
 so a node gets exactly what an HTTP client gets; the remote path reads the same events
@@ -15,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -210,21 +211,15 @@ class RemoteSource:
         yield reader.finished()
 
 
-_bound: LocalSource | None = None
-_bound_lock = threading.Lock()
+_local: ContextVar[LocalSource | None] = ContextVar("agentstack_local_source", default=None)
 
 
-def bind_service(service: Service | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Make `service` the engine that `RoleChatModel`s without `base_url` use (None unbinds).
-
-    The server binds its service once at start; `loop` is the loop the service runs on.
-    """
-    global _bound
-    with _bound_lock:
-        if service is None:
-            _bound = None
-        else:
-            _bound = LocalSource(service, loop or asyncio.get_running_loop())
+def bind_service(service: Service, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Make `service` the engine that `RoleChatModel`s without `base_url` use, in the
+    current context: the workflow manager binds it in each run's task, so the graph's
+    nodes (and the worker threads LangGraph runs sync nodes in) see it, and nothing else
+    does. `loop` is the loop the service runs on."""
+    _local.set(LocalSource(service, loop or asyncio.get_running_loop()))
 
 
 @dataclass(slots=True)
@@ -306,12 +301,13 @@ class RoleChatModel(BaseChatModel):
             if self._remote is None:
                 self._remote = RemoteSource(self.base_url, self.api_key, self.timeout_s)
             return self._remote
-        if _bound is None:
+        local = _local.get()
+        if local is None:
             raise ChatModelError(
                 "no agentstack engine in this process: run the graph on an agentstack server, "
                 "or pass base_url to RoleChatModel"
             )
-        return _bound
+        return local
 
     def _payload(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {

@@ -170,7 +170,6 @@ class WorkflowManager:
         settled = await self._store.settle_orphans()
         if settled:
             logger.warning("%d run(s) were in progress when the server last stopped; marked as errors", settled)
-        bind_service(service, asyncio.get_running_loop())
 
     async def stop(self) -> None:
         active = [h for h in self._runs.values() if not h.done.is_set()]
@@ -179,7 +178,6 @@ class WorkflowManager:
             handle.task.cancel()
         if active:
             await asyncio.wait([asyncio.ensure_future(h.done.wait()) for h in active], timeout=30)
-        bind_service(None)
 
     # Assistants
 
@@ -386,6 +384,7 @@ class WorkflowManager:
     async def _execute(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec, *, after: RunHandle | None) -> None:
         record, log = handle.record, handle.log
         started = time.perf_counter()
+        bind_service(self.service)  # this run's task only: its nodes call roles in-process
         try:
             if after is not None:
                 await after.done.wait()
