@@ -93,6 +93,8 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if not loc:
+        if first.get("type") == "value_error":
+            return str(first.get("msg", "invalid request")).removeprefix("Value error, "), None
         return "request body must be a JSON object", None
     message = first.get("msg", "invalid value")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -346,7 +346,9 @@ async def delete_run(thread_id: str, run_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/threads/{thread_id}/runs/{run_id}/cancel")
+@router.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202, response_class=Response,
+             responses={202: {"description": "Cancellation requested"},
+                        204: {"description": "Cancelled, and the run has ended (wait=true)"}})
 async def cancel_run(thread_id: str, run_id: str, request: Request, wait: bool = False,
                      action: Literal["interrupt", "rollback"] = "interrupt") -> Response:
     await workflows_of(request).cancel(thread_id, run_id, wait=wait, action=action)

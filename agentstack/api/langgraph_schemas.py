@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from agentstack.chat.requests import Request
 from agentstack.workflows import RunSpec
 
 StreamMode = Literal[
@@ -17,11 +18,7 @@ ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 SortOrder = Literal["asc", "desc"]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class AssistantSearch(_Body):
+class AssistantSearch(Request):
     metadata: dict[str, Any] | None = None
     graph_id: str | None = None
     name: str | None = None
@@ -29,17 +26,17 @@ class AssistantSearch(_Body):
     offset: int = Field(default=0, ge=0)
 
 
-class ThreadCreate(_Body):
+class ThreadCreate(Request):
     thread_id: str | None = Field(default=None, min_length=1, max_length=128)
     metadata: dict[str, Any] | None = None
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
-class ThreadPatch(_Body):
+class ThreadPatch(Request):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ThreadSearch(_Body):
+class ThreadSearch(Request):
     metadata: dict[str, Any] | None = None
     values: dict[str, Any] | None = None
     status: ThreadStatus | None = None
@@ -50,19 +47,19 @@ class ThreadSearch(_Body):
     sort_order: SortOrder = "desc"
 
 
-class Checkpoint(_Body):
+class Checkpoint(Request):
     thread_id: str | None = None
     checkpoint_ns: str = ""
     checkpoint_id: str | None = None
     checkpoint_map: dict[str, Any] | None = None
 
 
-class StateAtCheckpoint(_Body):
+class StateAtCheckpoint(Request):
     checkpoint: Checkpoint
     subgraphs: bool = False
 
 
-class StateUpdate(_Body):
+class StateUpdate(Request):
     values: dict[str, Any] | list[Any] | None = None
     as_node: str | None = None
     checkpoint: Checkpoint | None = None
@@ -75,20 +72,20 @@ class StateUpdate(_Body):
         return checkpoint or None
 
 
-class HistoryQuery(_Body):
+class HistoryQuery(Request):
     limit: int = Field(default=10, ge=1, le=1000)
     before: Checkpoint | None = None
     metadata: dict[str, Any] | None = None
     checkpoint: Checkpoint | None = None
 
 
-class CommandBody(_Body):
+class CommandBody(Request):
     update: Any = None
     resume: Any = None
     goto: str | dict[str, Any] | list[str | dict[str, Any]] | None = None
 
 
-class RunCreate(_Body):
+class RunCreate(Request):
     assistant_id: str = Field(min_length=1)
     input: Any = None
     command: CommandBody | None = None

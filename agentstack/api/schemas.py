@@ -85,7 +85,7 @@ class DetokenizeResponse(BaseModel):
 
 class LoadLoraAdapterRequest(Request):
     lora_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    lora_path: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")
     load_inplace: bool = False
 
 

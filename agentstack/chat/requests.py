@@ -12,11 +12,43 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_NESTING = 64
+"""Deepest JSON nesting a request may have: far beyond any real body (tool schemas, graph
+state), far below what would exhaust the stack of code that walks it."""
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Refuse what JSON can carry but the server cannot keep: nesting past `MAX_NESTING`,
+    and text that is not valid Unicode (a lone surrogate such as ``"\\ud800"`` decodes
+    from JSON but cannot be encoded again for the tokenizer or for Redis)."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"the body is nested deeper than {MAX_NESTING} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate such as \\ud800)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json(key, depth + 1)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
 
 
 class Request(BaseModel):
+    """A request body: unknown fields ignored, JSON that cannot be kept refused."""
+
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keepable_json(cls, data: Any) -> Any:
+        check_json(data)
+        return data
 
 
 class FunctionDefinition(BaseModel):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.errors import InvalidUpdateError
 from langgraph.types import Command, Send, StateSnapshot
 
 from agentstack.chat_model import bind_service
@@ -292,9 +293,12 @@ class WorkflowManager:
         tail = self._tails.get(thread_id)
         if tail is not None and not tail.done.is_set():
             raise ThreadBusy(thread_id)
+        if as_node is not None and as_node not in entry.graph.nodes:
+            nodes = ", ".join(n for n in entry.graph.nodes if not n.startswith("__"))
+            raise WorkflowRequestError(f"as_node {as_node!r} is not a node of the graph ({nodes})", param="as_node")
         try:
             config = await entry.graph.aupdate_state(_thread_config(thread_id, checkpoint), values, as_node=as_node)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, InvalidUpdateError) as e:
             raise WorkflowRequestError(f"cannot update the state: {e}") from e
         await self._refresh_thread(thread, entry, status=None)
         return {"checkpoint": _checkpoint_json(dict(config))}

@@ -228,6 +228,17 @@ def test_client_mistakes_get_4xx_with_the_field_named(
         assert error["param"].startswith(param)
 
 
+def test_a_state_update_as_an_unknown_node_names_the_nodes(workflow_url: str) -> None:
+    client = get_sync_client(url=workflow_url)
+    thread = client.threads.create(graph_id="tool_agent")
+    response = httpx.post(f"{workflow_url}/threads/{thread['thread_id']}/state", timeout=30,
+                          json={"values": {"messages": []}, "as_node": "nobody"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "as_node" and "select" in error["message"]
+    assert client.threads.get(thread["thread_id"])["status"] == "idle"
+
+
 async def test_unknown_run_and_thread_conflicts(workflow_url: str) -> None:
     client = get_client(url=workflow_url)
     thread = await client.threads.create()
