@@ -45,6 +45,11 @@ def digest_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def tenant_label(name: str) -> str:
+    """A key name's label in the per-tenant metrics: `t-` and 12 hex digits of its digest."""
+    return "t-" + digest_of("agentstack-tenant\x00" + name)[:12]
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """One caller: an API key, or the single anonymous tenant when auth is off."""
@@ -58,6 +63,12 @@ class Principal:
     cache_salt: str | None = None
     """Mixed into every prefix-cache block hash (vLLM's `cache_salt`): different keys never
     share cached KV, so the cache cannot leak one tenant's prompts to another by timing."""
+
+    @property
+    def metric_label(self) -> str:
+        """The tenant as `/metrics` names it: an opaque digest of the key's name, since the
+        metrics route is public (operators map it back with `tenant_label`)."""
+        return tenant_label(self.name)
 
     def may_use_role(self, role: str) -> bool:
         return self.roles is None or role in self.roles

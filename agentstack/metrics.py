@@ -86,18 +86,18 @@ class Metrics:
         )
         self.requests_refused = Counter(
             "agentstack:requests_refused",
-            "Requests the guard refused before any route, by reason (missing_key, wrong_key, forbidden, "
-            "too_large, overloaded, timeout, draining).",
+            "Requests refused before the route's own code ran, by reason (unauthenticated, forbidden, "
+            "rate_limited, unavailable, too_large, timeout).",
             ["reason"], registry=r,
         )
         self.tenant_prefix_cache_hits = Counter(
             "agentstack:tenant_prefix_cache_hits",
-            "Prompt tokens served from the prefix cache, by API key name (tenant).",
+            "Prompt tokens served from the prefix cache, by tenant (an opaque digest of the API key's name).",
             ["tenant"], registry=r,
         )
         self.tenant_prefix_cache_queries = Counter(
             "agentstack:tenant_prefix_cache_queries",
-            "Prompt tokens looked up in the prefix cache, by API key name (tenant).",
+            "Prompt tokens looked up in the prefix cache, by tenant (an opaque digest of the API key's name).",
             ["tenant"], registry=r,
         )
         self.route_decisions = Counter(

@@ -332,8 +332,8 @@ class Service:
                 self.metrics.generation_tokens.labels(role.name).inc(len(last.outputs[0].token_ids))
                 self.metrics.prefix_cache_queries.labels(role.name).inc(len(prompt_ids))
                 self.metrics.prefix_cache_hits.labels(role.name).inc(last.num_cached_tokens or 0)
-                self.metrics.tenant_prefix_cache_queries.labels(principal.name).inc(len(prompt_ids))
-                self.metrics.tenant_prefix_cache_hits.labels(principal.name).inc(last.num_cached_tokens or 0)
+                self.metrics.tenant_prefix_cache_queries.labels(principal.metric_label).inc(len(prompt_ids))
+                self.metrics.tenant_prefix_cache_hits.labels(principal.metric_label).inc(last.num_cached_tokens or 0)
             if finished:
                 self.metrics.e2e_latency.labels(role.name).observe(time.perf_counter() - started)
             else:

@@ -152,3 +152,11 @@ async def test_admission_queues_then_refuses_with_retry_after() -> None:
     release.set()
     await asyncio.gather(running, queued)
     assert admission.waiting() == 0
+
+
+def test_metrics_name_tenants_by_an_opaque_label() -> None:
+    from agentstack.auth import Principal, tenant_label
+
+    label = Principal(name="tenant-a").metric_label
+    assert label == tenant_label("tenant-a") and "tenant-a" not in label
+    assert label != Principal(name="tenant-b").metric_label

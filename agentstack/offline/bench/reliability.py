@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import httpx
 from rich.progress import Progress
 
+from agentstack.auth import tenant_label
 from agentstack.chat.dispatch import TOOL_CALLING_MODEL
 from agentstack.offline.bench.report import bar_chart, markdown_table
 from agentstack.offline.bench.server import ADMIN_KEY, RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
@@ -285,10 +286,10 @@ async def run_security(base_url: str) -> SecurityResult:
             owner = (await client.post("/v1/chat/completions", headers=a, json=shared)).json()
         result.owner_cache_hit_tokens = owner["usage"]["prompt_tokens_details"]["cached_tokens"]
         before = metric_value((await client.get("/metrics")).text, "agentstack:tenant_prefix_cache_hits_total",
-                              {"tenant": "tenant-b"})
+                              {"tenant": tenant_label("tenant-b")})
         await client.post("/v1/chat/completions", headers=b, json=shared)
         after = metric_value((await client.get("/metrics")).text, "agentstack:tenant_prefix_cache_hits_total",
-                             {"tenant": "tenant-b"})
+                             {"tenant": tenant_label("tenant-b")})
         result.cross_tenant_cache_hit_tokens = int(after - before)
     return result
 
