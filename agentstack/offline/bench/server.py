@@ -4,6 +4,7 @@ restart or kill its parts (Redis, the engine) from outside, and measure its memo
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,8 +18,10 @@ import psutil
 from agentstack.redis_server import EmbeddedRedis, free_port
 
 START_TIMEOUT_S = 600
-TENANT_KEYS = {"tenant-a": "sk-bench-tenant-a-7d1e", "tenant-b": "sk-bench-tenant-b-93c4"}
-ADMIN_KEY = "sk-bench-admin-51aa"
+TENANT_KEYS = {name: f"sk-bench-{name}-{secrets.token_hex(12)}" for name in ("tenant-a", "tenant-b")}
+ADMIN_KEY = f"sk-bench-admin-{secrets.token_hex(12)}"
+"""Fresh per process: a bench writes them into its server's key file, so no key a bench
+uses is ever fixed in the package."""
 RESTRICTED_ROLES = ("assistant", "selector", "auto")
 
 
