@@ -10,6 +10,7 @@ loopback only, keeps its data under the cache directory and stops with the servi
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -70,6 +72,7 @@ class EmbeddedRedis:
     data_dir: Path
     port: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _lock: IO[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
@@ -77,6 +80,7 @@ class EmbeddedRedis:
 
     def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_data_dir()
         if not self.port:
             self.port = free_port()
         command = [
@@ -101,6 +105,20 @@ class EmbeddedRedis:
         logger.info("embedded Redis on %s (data in %s)", self.url, self.data_dir)
         return self
 
+    def _hold_data_dir(self) -> None:
+        """One server per data directory: two writers of one append-only file lose data.
+        The lock dies with this process, however it ends."""
+        lock = (self.data_dir / "agentstack.lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise EmbeddedRedisError(
+                f"another agentstack server keeps its embedded Redis in {self.data_dir}: point this one "
+                "at that Redis (AGENTSTACK_REDIS_URL) or give it its own AGENTSTACK_CACHE_DIR"
+            ) from None
+        self._lock = lock
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(self.url, socket_timeout=1)
@@ -124,14 +142,16 @@ class EmbeddedRedis:
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """Ask the server to flush its append-only file and exit; kill it if it hangs."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def running(self) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
-from agentstack.redis_server import EmbeddedRedis
+from agentstack.redis_server import EmbeddedRedis, EmbeddedRedisError
 
 
 def test_embedded_redis_has_json_and_search_and_persists(tmp_path: Path) -> None:
@@ -28,3 +29,12 @@ def test_embedded_redis_has_json_and_search_and_persists(tmp_path: Path) -> None
 def test_embedded_redis_listens_on_loopback_only(tmp_path: Path) -> None:
     with EmbeddedRedis(tmp_path) as server:
         assert server.url.startswith("redis://127.0.0.1:")
+
+
+def test_one_embedded_redis_per_data_directory(tmp_path: Path) -> None:
+    """A second server on the same data would be a second writer of its append-only file."""
+    with EmbeddedRedis(tmp_path):
+        with pytest.raises(EmbeddedRedisError, match="AGENTSTACK_REDIS_URL"):
+            EmbeddedRedis(tmp_path).start()
+    with EmbeddedRedis(tmp_path) as again:
+        assert redis.Redis.from_url(again.url).ping()
