@@ -1,4 +1,5 @@
-"""vLLM general plugin: grouped LoRA ops for the CPU engine (``grouped_lora``).
+"""vLLM general plugin: grouped LoRA ops for the CPU engine (``grouped_lora``), and an
+end to vLLM's child processes when their parent dies (``orphan_guard``).
 
 vLLM runs every ``vllm.general_plugins`` entry point in each of its processes, before a
 model is built, so the worker that runs the model gets the ops whichever way the engine
@@ -88,7 +89,11 @@ def grouped_lora_in_use() -> bool:
 
 
 def register() -> None:
-    """Entry point of ``vllm.general_plugins``."""
+    """Entry point of ``vllm.general_plugins``: in vLLM's child processes, the orphan
+    guard (on any vLLM release); then the grouped ops."""
+    from agentstack.vllm_ext.orphan_guard import watch_parent
+
+    watch_parent()
     install_grouped_lora()
 
 
