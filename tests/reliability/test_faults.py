@@ -1,10 +1,13 @@
 """Faults injected into a real server under load (short form of `agentstack bench faults`):
-a Redis outage, clients leaving mid-stream, broken adapters, SIGTERM, and engine death."""
+a Redis outage, clients leaving mid-stream, broken adapters, SIGTERM, engine death, and a
+server killed outright."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agentstack.cli import ENGINE_DEAD_EXIT_CODE
@@ -41,5 +44,20 @@ async def test_engine_death_fails_readiness_and_exits_non_zero(tmp_path: Path, m
     try:
         row = await engine_death(server)
         assert f"exit code {ENGINE_DEAD_EXIT_CODE}" in row.detail and "never" not in row.detail, row
+    finally:
+        server.stop()
+
+
+def test_a_server_killed_by_sigkill_leaves_no_engine_behind(tmp_path: Path, model_dir: Path) -> None:
+    """The engine core holds GBs: it must not outlive a server that could not shut it down."""
+    server = keyed_server(tmp_path, model_dir).start()
+    try:
+        assert server.process is not None
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert server.engine_core() in children
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, [p.cmdline() for p in alive]
     finally:
         server.stop()
