@@ -249,7 +249,7 @@ async def get_history(thread_id: str, request: Request, limit: int = 10, before:
 # Runs
 
 
-def _sse(handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
+def _sse(request: Request, handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
          modes: list[str] | None = None) -> EventSourceResponse:
     """The run's events as SSE; a client that goes away cancels the run if asked to."""
     always = {"metadata", "error", "end"}
@@ -265,7 +265,8 @@ def _sse(handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
             if cancel_on_disconnect and not handle.done.is_set() and handle.task is not None:
                 handle.task.cancel()
 
-    return sse_response(events(), headers={"Content-Location": run_path(handle)})
+    return sse_response(events(), drain_s=request.app.state.service.settings.shutdown_grace_s,
+                        headers={"Content-Location": run_path(handle)})
 
 
 async def _outcome_unless_disconnected(request: Request, handle: RunHandle, *, cancel: bool) -> Response:
@@ -306,13 +307,13 @@ async def create_stateless_run(body: RunCreate, request: Request) -> Response:
 @router.post("/threads/{thread_id}/runs/stream", response_class=EventSourceResponse, dependencies=[GenerationSlot])
 async def stream_run(thread_id: str, body: RunCreate, request: Request) -> EventSourceResponse:
     handle = await _start(request, thread_id, body)
-    return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
+    return _sse(request, handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
 @router.post("/runs/stream", response_class=EventSourceResponse, dependencies=[GenerationSlot])
 async def stream_stateless_run(body: RunCreate, request: Request) -> EventSourceResponse:
     handle = await _start(request, None, body)
-    return _sse(handle, cancel_on_disconnect=body.on_disconnect == "cancel")
+    return _sse(request, handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
 @router.post("/threads/{thread_id}/runs/wait", dependencies=[GenerationSlot])
@@ -370,4 +371,4 @@ async def join_run_stream(
     handle = await workflows_of(request).run_handle(thread_id, run_id)
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
     modes = [m for m in stream_mode or [] if m] or None
-    return _sse(handle, after=after, cancel_on_disconnect=cancel_on_disconnect, modes=modes)
+    return _sse(request, handle, after=after, cancel_on_disconnect=cancel_on_disconnect, modes=modes)

@@ -137,7 +137,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     headers = {"x-agentstack-route": plan.route.header()} if plan.route is not None else {}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_chat_stream(service, plan, include_usage=include_usage), headers=headers)
+        return sse_response(_chat_stream(service, plan, include_usage=include_usage),
+                            drain_s=service.settings.shutdown_grace_s, headers=headers)
     events = await run_unless_disconnected(request, _all(chat_events(service, plan, incremental=False)))
     if events is None:
         return client_gone()
@@ -215,7 +216,8 @@ async def completions(body: CompletionRequest, request: Request,
     prefix = body.prompt_text if body.echo else ""
 
     if body.stream:
-        return sse_response(_completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix))
+        return sse_response(_completion_events(service, role, body.model, prompt_ids, sampling, request_id, prefix),
+                            drain_s=service.settings.shutdown_grace_s)
     final = await last_output_unless_disconnected(
         request, service.stream(role, prompt_ids, sampling, request_id=request_id)
     )

@@ -20,9 +20,11 @@ def data_event(payload: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(payload, separators=(",", ":")), sep="\n")
 
 
-def sse_response(events: AsyncIterable[ServerSentEvent], headers: Mapping[str, str] | None = None
-                 ) -> EventSourceResponse:
-    return EventSourceResponse(events, headers=headers, sep="\n")
+def sse_response(events: AsyncIterable[ServerSentEvent], *, drain_s: float,
+                 headers: Mapping[str, str] | None = None) -> EventSourceResponse:
+    """``drain_s``: on SIGTERM a stream in flight may run this long to its end (the
+    server's shutdown grace) before it is cut."""
+    return EventSourceResponse(events, headers=headers, sep="\n", shutdown_grace_period=drain_s)
 
 
 def chat_chunk(request_id: str, created: int, model: str, delta: dict[str, Any],
