@@ -119,14 +119,24 @@ class AdapterChange:
 
 
 class AdapterStore:
-    """Run-time adapter changes in one Redis hash: name -> last change (load or unload)."""
+    """Run-time adapter changes in one Redis hash: name -> last change (load or unload).
+
+    Every replica on the Redis reads the same hash; a change is also announced on a
+    pub/sub channel (the name only: the hash stays the one source of truth), so the
+    other replicas apply it within moments instead of at their next start."""
 
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self._client = client
         self._key = f"{prefix}:adapters"
+        self.channel = f"{prefix}:adapters:changed"
 
     async def record(self, change: AdapterChange) -> None:
         await self._client.hset(self._key, change.name, change.to_json())
+        await self._client.publish(self.channel, change.name)
+
+    async def get(self, name: str) -> AdapterChange | None:
+        raw = await self._client.hget(self._key, name)  # type: ignore[misc]
+        return AdapterChange.from_json(name, raw) if raw is not None else None
 
     async def changes(self) -> list[AdapterChange]:
         raw: dict[bytes, bytes] = await self._client.hgetall(self._key)  # type: ignore[misc]

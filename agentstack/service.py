@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
+ADAPTER_RESYNC_S = 30.0
+"""How often a replica re-reads every stored adapter change, in case it missed an announcement."""
 DEFAULT_GATE_DIR = PACKAGE_DATA / "gate"
 
 
@@ -97,6 +99,7 @@ class Service:
     """Called once when the engine dies; the server uses it to exit non-zero."""
     engine_died: bool = False
     _watchdog: asyncio.Task[None] | None = None
+    _adapter_follower: asyncio.Task[None] | None = None
     gate_dir: Path | None = DEFAULT_GATE_DIR
     """The learned gate behind `model: auto`; no gate file there leaves `auto` off, a bad
     one stops the start with `GateLoadError`."""
@@ -138,6 +141,7 @@ class Service:
             self.router = None
         logger.info("serving roles: %s", ", ".join(self.roles))
         self._watchdog = asyncio.create_task(self._watch_engine(), name="engine-watchdog")
+        self._adapter_follower = asyncio.create_task(self._follow_adapter_changes(), name="adapter-follower")
 
     async def _load_router(self) -> None:
         """Load the gate before anything starts, so a bad gate file fails fast; its top-k
@@ -168,9 +172,10 @@ class Service:
             self.on_engine_death()
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for task in (self._watchdog, self._adapter_follower):
+            if task is not None:
+                task.cancel()
+        self._watchdog = self._adapter_follower = None
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
@@ -234,6 +239,59 @@ class Service:
                 await self._install(self._runtime_spec(change.name, path), origin="runtime")
         except (AdapterRequestError, AdapterLoadError) as e:
             logger.warning("skipping stored adapter %s: %s", change.name, e)
+
+    def _applied(self, change: AdapterChange) -> bool:
+        """Whether this replica already serves the state a stored change describes."""
+        role = self.roles.get(change.name)
+        if change.action == "unload":
+            return role is None or role.adapter is None
+        return role is not None and role.adapter is not None and change.path is not None and (
+            role.adapter.path == Path(change.path))
+
+    async def _converge(self, names: list[str] | None = None) -> None:
+        """Apply the stored changes (of `names`, or all) this replica does not serve yet."""
+        assert self._store is not None
+        async with self._adapter_lock:
+            if names is None:
+                changes = await self._store.changes()
+            else:
+                changes = [c for n in names if (c := await self._store.get(n)) is not None]
+            for change in changes:
+                if not self._applied(change):
+                    logger.info("adapter %s: applying a change made on another replica (%s)",
+                                change.name, change.action)
+                    await self._replay(change)
+
+    async def _follow_adapter_changes(self, resync_s: float = ADAPTER_RESYNC_S) -> None:
+        """Apply other replicas' adapter loads and unloads as they are announced; after a
+        Redis outage, and every `resync_s`, catch up from the stored state."""
+        assert self.redis is not None and self._store is not None
+        paused = False
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._store.channel)
+                    await self._converge()
+                    if paused:
+                        logger.info("following adapter changes again")
+                        paused = False
+                    loop = asyncio.get_running_loop()
+                    resync_at = loop.time() + resync_s
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                           timeout=max(0.0, resync_at - loop.time()))
+                        if message is not None:
+                            await self._converge([message["data"].decode()])
+                        elif loop.time() >= resync_at:
+                            await self._converge()
+                            resync_at = loop.time() + resync_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: chat goes on; retry, then resync
+                if not paused:
+                    logger.warning("following adapter changes paused: %s: %s", type(e).__name__, e)
+                    paused = True
+                await asyncio.sleep(1.0)
 
     def checked_adapter_path(self, raw: str) -> Path:
         """Resolve an adapter path and refuse anything outside the adapters root."""
