@@ -28,9 +28,10 @@ from agentstack.redis_server import EmbeddedRedis
 from agentstack.roles import AdapterChange, AdapterStore, Role, RoleSpec, load_roles_file
 
 if TYPE_CHECKING:
-    from routers.serving import AutoRouter
     from vllm import SamplingParams
     from vllm.outputs import RequestOutput
+
+    from routers.serving import AutoRouter
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from fastapi.routing import APIRoute
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from agentstack.api.langgraph_schemas import (
     AssistantSearch,
@@ -34,8 +34,8 @@ from agentstack.api.langgraph_schemas import (
     ThreadSearch,
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
-from agentstack.api.sse import sse_response
 from agentstack.api.security import Caller, GenerationSlot, caller
+from agentstack.api.sse import sse_response
 from agentstack.auth import current_principal
 from agentstack.errors import Conflict, Forbidden, ServiceUnavailable
 from agentstack.workflows import RunHandle, WorkflowManager, WorkflowNotFound

@@ -53,8 +53,9 @@ from agentstack.chat.dispatch import (
     tool_calling_available,
     usage_of,
 )
-from agentstack.errors import InvalidRequest
 from agentstack.chat.template import render_messages
+from agentstack.chat.tool_prompts import plain_turns
+from agentstack.errors import InvalidRequest
 from agentstack.roles import Role
 from agentstack.service import AUTO_MODEL, Service
 
@@ -193,7 +194,6 @@ async def route(body: RouteRequest, request: Request) -> RouteResponse:
     service = service_of(request)
     if service.router is None:
         raise InvalidRequest("the learned gate is not enabled on this server", param="model")
-    from agentstack.chat.tool_prompts import plain_turns
     from routers.serving import decide
 
     turns = plain_turns([m.model_dump(exclude_none=True) for m in body.messages])

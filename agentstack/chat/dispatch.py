@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentstack.chat.requests import ChatCompletionRequest, SamplingFields, Tool, ToolCall
-from agentstack.errors import InvalidRequest, NotFound
 from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
+from agentstack.chat.tool_prompts import plain_turns
+from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
+from agentstack.errors import InvalidRequest, NotFound
 from agentstack.roles import ReasoningPath, Role
 from agentstack.service import AUTO_MODEL, Service
-from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -206,8 +207,6 @@ def _generation(service: Service, role: Role, body: ChatCompletionRequest) -> Ge
 
 def _plain_turns(body: ChatCompletionRequest) -> list[dict[str, str]]:
     """The conversation as the tool roles and the gate read it (see `tool_context`)."""
-    from agentstack.chat.tool_prompts import plain_turns
-
     return plain_turns([m.model_dump(exclude_none=True) for m in body.messages])
 
 

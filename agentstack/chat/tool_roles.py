@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentstack.chat.requests import ToolCall, ToolCallFunction
-from agentstack.service import Completion
 from agentstack.chat.tool_prompts import (
     Call,
     arguments_messages,
@@ -20,6 +19,7 @@ from agentstack.chat.tool_prompts import (
     selector_messages,
     single_messages,
 )
+from agentstack.service import Completion
 
 SELECTOR_ROLE = "selector"
 ARGUMENTS_ROLE = "arguments"
