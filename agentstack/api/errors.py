@@ -60,8 +60,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, type_ in {**_STATUS_TYPES, 500: "InternalServerError", 504: "TimeoutError"}.items()
     if status not in (405, 415)
 }
-"""Every route may answer these (the guard's refusals included); documented so that
-clients and schema-driven tests know the error shape."""
+"""Every route may answer these (refusals of the security dependencies and the limits
+included); documented so that clients and schema-driven tests know the error shape."""
 
 
 REFUSALS = frozenset({401, 403, 429, 503})
