@@ -58,7 +58,15 @@ async def roles(model_dir: Path) -> dict[str, object]:
                 assert final is not None
                 return list(final.outputs[0].token_ids)
 
-            return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
+            # All requests wait in the paused scheduler, so the first step holds them all in
+            # both runs: a different split of the batch would change the base model's
+            # products in their last bits, which can flip a greedy token whatever the ops.
+            await engine.llm.pause_generation(mode="keep", clear_cache=False)
+            runs = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+            while engine.llm.output_processor.get_num_unfinished_requests() < len(prompts):
+                await asyncio.sleep(0.01)
+            await engine.llm.resume_generation()
+            return list(await asyncio.gather(*runs))
 
         return {"default_grouped": default, "roles": [ROLES[i % len(ROLES)] for i in range(len(prompts))],
                 "grouped": await batch(True), "stock": await batch(False)}
