@@ -42,8 +42,11 @@ from agentstack.chat.dispatch import (
     TextDelta,
     TokenUsage,
     ToolCallsDelta,
+    chat_events,
+    plan_chat,
 )
-from agentstack.chat.requests import ToolCall, ToolCallFunction
+from agentstack.chat.requests import ChatCompletionRequest, ToolCall, ToolCallFunction
+from agentstack.errors import AgentstackError
 
 if TYPE_CHECKING:
     from agentstack.service import Service
@@ -125,10 +128,6 @@ class LocalSource:
     loop: asyncio.AbstractEventLoop
 
     async def astream(self, payload: dict[str, Any]) -> AsyncIterator[ChatEvent]:
-        from agentstack.chat.dispatch import chat_events, plan_chat
-        from agentstack.chat.requests import ChatCompletionRequest
-        from agentstack.errors import AgentstackError
-
         try:
             body = ChatCompletionRequest.model_validate(payload)
             plan = await plan_chat(self.service, body)

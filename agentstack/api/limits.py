@@ -29,10 +29,14 @@ def is_generation(method: str, path: str) -> bool:
     return method == "POST" and (path in GENERATION_PATHS or path.endswith(RUN_SUFFIXES))
 
 
+REFUSAL_REASONS = {413: "too_large", 504: "timeout"}
+"""The statuses these limits answer, as counted in `agentstack:requests_refused_total`."""
+
+
 class _Refusal(Exception):
-    def __init__(self, status: int, type_: str, message: str, reason: str) -> None:
+    def __init__(self, status: int, type_: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.type, self.message, self.reason = status, type_, message, reason
+        self.status, self.type, self.message = status, type_, message
 
 
 class RequestLimits:
@@ -61,23 +65,21 @@ class RequestLimits:
                     async with asyncio.timeout(self.timeout_s):
                         await self.app(scope, limited, tracking_send)
                 except TimeoutError:
-                    raise _Refusal(504, "TimeoutError", f"request did not finish within {self.timeout_s:g} s",
-                                   "timeout") from None
+                    raise _Refusal(504, "TimeoutError",
+                                   f"request did not finish within {self.timeout_s:g} s") from None
             else:
                 await self.app(scope, limited, tracking_send)
         except _Refusal as refusal:
-            if refusal.status != 413:  # counted with the 413s the app answers
-                self.metrics.requests_refused.labels(refusal.reason).inc()
             if "code" not in status:
                 await _send_error(tracking_send, refusal)
         finally:
-            if status.get("code") == 413:
-                self.metrics.requests_refused.labels("too_large").inc()
+            # A 413 is answered here or, for a body that grows past the limit, by the app.
+            if (reason := REFUSAL_REASONS.get(status.get("code", 0))) is not None:
+                self.metrics.requests_refused.labels(reason).inc()
             self._count(scope, status)
 
     def _too_large(self) -> _Refusal:
-        return _Refusal(413, "RequestEntityTooLarge", f"request body exceeds {self.max_body_bytes} bytes",
-                        "too_large")
+        return _Refusal(413, "RequestEntityTooLarge", f"request body exceeds {self.max_body_bytes} bytes")
 
     def _check_declared_length(self, scope: Scope) -> None:
         for name, value in scope["headers"]:

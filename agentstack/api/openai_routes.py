@@ -47,14 +47,15 @@ from agentstack.chat.dispatch import (
     TokenUsage,
     ToolCallsDelta,
     chat_events,
+    conversation_turns,
     plan_chat,
     prepare_sampling,
     resolve_model,
     tool_calling_available,
+    tool_dicts,
     usage_of,
 )
 from agentstack.chat.template import render_messages
-from agentstack.chat.tool_prompts import plain_turns
 from agentstack.errors import InvalidRequest
 from agentstack.roles import Role
 from agentstack.service import AUTO_MODEL, Service
@@ -71,7 +72,7 @@ def service_of(request: Request) -> Service:
 def count_as(request: Request, service: Service, model: str) -> None:
     """Label the request's metrics with the model it asked for, when that model is served
     (a label per unknown name would let clients grow the metrics without bound)."""
-    if model in (AUTO_MODEL, TOOL_CALLING_MODEL) or model in service.roles or model == service.base_name:
+    if model in (AUTO_MODEL, TOOL_CALLING_MODEL, *service.model_names()):
         request.state.role = model
 
 
@@ -196,9 +197,7 @@ async def route(body: RouteRequest, request: Request) -> RouteResponse:
         raise InvalidRequest("the learned gate is not enabled on this server", param="model")
     from routers.serving import decide
 
-    turns = plain_turns([m.model_dump(exclude_none=True) for m in body.messages])
-    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
-    decision = await decide(service.router, turns, tools)
+    decision = await decide(service.router, conversation_turns(body.messages), tool_dicts(body.tools))
     return RouteResponse.model_validate(decision.as_dict())
 
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentstack.chat.requests import ChatCompletionRequest, SamplingFields, Tool, ToolCall
+from agentstack.chat.requests import ChatCompletionRequest, ChatMessage, SamplingFields, Tool, ToolCall
 from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
 from agentstack.chat.tool_prompts import plain_turns
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
@@ -205,12 +205,12 @@ def _generation(service: Service, role: Role, body: ChatCompletionRequest) -> Ge
                       forced=schema is not None, think=think)
 
 
-def _plain_turns(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """The conversation as the tool roles and the gate read it (see `tool_context`)."""
-    return plain_turns([m.model_dump(exclude_none=True) for m in body.messages])
+def conversation_turns(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The conversation as the tool roles and the gate read it (see `plain_turns`)."""
+    return plain_turns([m.model_dump(exclude_none=True) for m in messages])
 
 
-def _tool_dicts(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
+def tool_dicts(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
     return [t.model_dump(exclude_none=True) for t in tools] if tools else None
 
 
@@ -220,7 +220,7 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
                        param="model")
     if not body.tools or body.tool_choice == "none":
         raise InvalidRequest(f"model `{TOOL_CALLING_MODEL}` needs `tools`", param="tools")
-    outcome = await select_and_fill(service, _plain_turns(body), _tool_dicts(body.tools) or [])
+    outcome = await select_and_fill(service, conversation_turns(body.messages), tool_dicts(body.tools) or [])
     if outcome.calls:
         return ReadyToolCalls(outcome.openai_tool_calls(),
                               TokenUsage(outcome.prompt_tokens, outcome.generated_tokens))
@@ -238,12 +238,12 @@ async def _routed(service: Service, body: ChatCompletionRequest) -> tuple[RouteD
     router = service.router
     assert router is not None and service.engine is not None
     tools = body.tools if body.tool_choice != "none" else None
-    turns = _plain_turns(body)
-    decision = await decide(router, turns, _tool_dicts(body.tools))
+    turns = conversation_turns(body.messages)
+    decision = await decide(router, turns, tool_dicts(body.tools))
     service.metrics.route_decisions.labels("+".join(decision.roles), decision.path).inc()
     role = await router.resolver.role_for(service, decision.roles)
     think = decision.path == "think"
-    prompt_ids = service.engine.chat_prompt(route_messages(turns, _tool_dicts(tools), think=think))
+    prompt_ids = service.engine.chat_prompt(route_messages(turns, tool_dicts(tools), think=think))
     greedy = role.spec.model_copy(update={"sampling": role.spec.sampling.model_copy(update={"temperature": 0.0})})
     sampling = prepare_sampling(service, Role(spec=greedy, adapter=role.adapter, origin=role.origin), body,
                                 prompt_ids, requested_max=body.token_limit or max_tokens_for(decision.path))
