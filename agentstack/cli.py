@@ -107,9 +107,8 @@ def serve(
         help="Registry of your LangGraph graphs (langgraph.json shape), served beside the built-in ones.")] = None,
 ) -> None:
     """Run the API server on the engine, the roles and Redis."""
-    import uvicorn
-
     from agentstack.api.app import create_app
+    from agentstack.api.server import build_server
     from agentstack.auth import AuthConfigError
     from agentstack.service import Service
 
@@ -123,18 +122,10 @@ def serve(
         console.print(f"[red]error[/]: {e}")
         raise typer.Exit(2) from e
 
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, fail readiness and refuse new generation at once, then let
-        uvicorn finish the requests in flight (up to the grace period) before the
-        lifespan stops the engine."""
+    def drain() -> None:
+        service.draining = True
 
-        def handle_exit(self, sig: int, frame: object) -> None:
-            service.draining = True
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-    server = DrainingServer(uvicorn.Config(application, host=settings.host, port=settings.port,
-                                           log_level="info",
-                                           timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
+    server = build_server(application, settings, on_drain=drain)
 
     def engine_died() -> None:
         server.should_exit = server.force_exit = True

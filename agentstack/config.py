@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before the engine stops.")
 
+    # Connections
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A connection that has not sent a whole request head within this is closed.")
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle kept-alive connection is closed after this.")
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -231,6 +231,7 @@ def test_every_object_is_valid_for_kubernetes(chart: helm_python.Chart, name: st
         {"engine": {"devcie": "gpu"}},
         {"engine": {"sharedCache": {"mode": "shared"}}},
         {"engine": {"sharedCache": {"blockSize": 100}}},
+        {"limits": {"headerTimeoutS": 0}},
         # The shared cache modes are CPU-only until verified on a GPU engine.
         {"engine": {"device": "gpu", "sharedCache": {"mode": "decomposed"}}},
         {"engine": {"device": "gpu", "sharedCache": {"mode": "full-shared"}}},
@@ -301,6 +302,12 @@ def test_shared_cache_mode_reaches_the_service(chart: helm_python.Chart) -> None
     rendered = render(chart, {"engine": {"sharedCache": {"mode": "decomposed"}}})
     settings = Settings(**rendered.config_file())
     assert settings.cache.mode.value == "decomposed" and settings.cache.block_size == 32
+
+
+def test_connection_timeouts_reach_the_service(chart: helm_python.Chart) -> None:
+    rendered = render(chart, {"limits": {"headerTimeoutS": 2.5, "keepaliveTimeoutS": 75}})
+    settings = Settings(**rendered.config_file())
+    assert (settings.header_timeout_s, settings.keepalive_timeout_s) == (2.5, 75)
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,8 @@ mounts and Service rely on.
   "max_tokens_cap" .Values.limits.maxTokensCap
   "default_max_tokens" .Values.limits.defaultMaxTokens
   "max_body_bytes" .Values.limits.maxBodyBytes
+  "header_timeout_s" .Values.limits.headerTimeoutS
+  "keepalive_timeout_s" .Values.limits.keepaliveTimeoutS
   "auth_required" .Values.auth.enabled
 }}
 {{- with include "agentstack.modelDir" . }}
