@@ -328,15 +328,19 @@ def _emit(summary: dict[str, object], table: str, report: Path, as_json: bool) -
 
 @bench_app.command("fuzz")
 def bench_fuzz(
-    cases: Annotated[int, typer.Option(help="Generated requests to send.", min=1)] = 1000,
+    cases: Annotated[int, typer.Option(help="Requests to send, all phases together.", min=1)] = 1000,
     seed: Annotated[int, typer.Option(help="Generation seed.")] = 0,
+    stateful_share: Annotated[float, typer.Option(help="Share of the cases sent as linked sequences.",
+                                                  min=0, max=1)] = 0.3,
     report_dir: ReportDir = Path("reports"),
     as_json: JsonFlag = False,
 ) -> None:
-    """Schemathesis over the served OpenAPI schema: server errors and schema violations."""
+    """Schemathesis over the served OpenAPI schema with all its checks (coverage, fuzzing and
+    stateful phases, real ids, the bearer scheme): failures per check, server errors."""
     from rich.progress import Progress
 
-    from agentstack.offline.bench.reliability import fuzz_table, run_fuzz, write_report
+    from agentstack.offline.bench.fuzz import fuzz_table, run_fuzz
+    from agentstack.offline.bench.reliability import write_report
     from agentstack.offline.bench.server import TENANT_KEYS
 
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
@@ -345,12 +349,14 @@ def bench_fuzz(
             with Progress(disable=as_json, transient=True) as progress:
                 task = progress.add_task("fuzz", total=cases)
                 result = run_fuzz(server.base_url, cases=cases, key=TENANT_KEYS["tenant-a"], seed=seed,
-                                  on_case=lambda: progress.advance(task))
-        report = write_report(report_dir, "fuzz", f"agentstack bench fuzz --cases {cases} --seed {seed}",
+                                  stateful_share=stateful_share, on_case=lambda: progress.advance(task))
+        report = write_report(report_dir, "fuzz",
+                              f"agentstack bench fuzz --cases {cases} --seed {seed} --stateful-share {stateful_share}",
                               result.summary(), fuzz_table(result),
-                              {"count": {"cases": result.cases, "server errors": result.server_errors,
-                                         "schema violations": result.schema_violations}},
-                              [f"- {e}" for e in result.examples])
+                              {"cases by phase": {k: float(v) for k, v in result.phases.items()},
+                               "failures": {"all checks": float(result.failures),
+                                            "server errors": float(result.server_errors)}},
+                              [f"- {e.line()}" for e in result.examples])
     _emit(result.summary(), fuzz_table(result), report, as_json)
 
 
@@ -432,6 +438,37 @@ def bench_faults(
                                "recovery (s)": {r.fault[:18]: r.recovery_s or 0.0 for r in result.rows}})
     _emit(result.summary(), faults_table(result), report, as_json)
 
+
+
+@bench_app.command("replicas")
+def bench_replicas(
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of mixed load.", min=10)] = 90,
+    kill_at: Annotated[float, typer.Option(help="Seconds into the load when one replica is SIGKILLed.")] = 25,
+    lease: Annotated[float, typer.Option(help="Run lease of both replicas (seconds).", min=1)] = 5,
+    report_dir: ReportDir = Path("reports"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Two servers on one Redis under chat and graph load, one killed and restarted: lost
+    runs and checkpoints, orphan settling, adapter convergence, cross-replica cache hits."""
+    import tempfile
+
+    from agentstack.offline.bench.reliability import write_report
+    from agentstack.offline.bench.replicas import replicas_table, run_replicas
+
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        with tempfile.TemporaryDirectory(prefix="agentstack-replicas-") as work:
+            result = asyncio.run(run_replicas(Path(work), duration_s=duration, kill_at_s=kill_at, lease_s=lease,
+                                              on_progress=lambda line: console.print(f"[dim]{line}[/]")))
+        s = result.summary()
+        report = write_report(report_dir, "replicas", f"agentstack bench replicas --duration {duration:g} "
+                              f"--kill-at {kill_at:g} --lease {lease:g}", s, replicas_table(result),
+                              {"requests": {"ok": s["requests"] - s["failed"], "failed": s["failed"],
+                                            "in flight on killed": s["failed_in_flight_on_killed"]},
+                               "lost": {"runs": s["runs_lost"], "checkpoints": s["checkpoints_lost"]},
+                               "seconds": {"orphans settled": s["orphans_settled_s"] or 0.0,
+                                           "adapter converged": s["adapter_converge_s"] or 0.0}},
+                              [f"- {e}" for e in result.errors])
+    _emit(s, replicas_table(result), report, as_json)
 
 ToolRoleArgument = Annotated[str, typer.Argument(help="Tool role: selector, arguments or single.")]
 

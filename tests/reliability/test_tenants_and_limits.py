@@ -10,7 +10,8 @@ import asyncio
 import httpx
 import pytest
 
-from agentstack.offline.bench.reliability import run_fuzz, run_load, run_security
+from agentstack.offline.bench.fuzz import run_fuzz
+from agentstack.offline.bench.reliability import run_load, run_security
 from agentstack.offline.bench.server import RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]

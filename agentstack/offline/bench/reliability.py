@@ -1,5 +1,5 @@
-"""`agentstack bench fuzz|load|security|faults`: the service under bad input, load,
-other tenants' keys and injected faults. Every figure in docs/RELIABILITY.md comes from here.
+"""`agentstack bench load|security|faults`: the service under load, other tenants' keys and
+injected faults. Every figure in docs/RELIABILITY.md comes from here (the fuzzer's, from `fuzz.py`).
 
 Each function takes the base URL of a running server (loopback only), so tests reuse
 one server; the CLI starts a fresh `agentstack serve` per command (see `server.py`).
@@ -54,83 +54,6 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
         if all(f'{k}="{v}"' in series for k, v in (labels or {}).items()):
             total += float(value)
     return total
-
-
-# Fuzz
-
-
-@dataclass
-class FuzzResult:
-    cases: int = 0
-    server_errors: int = 0
-    schema_violations: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        return {"cases": self.cases, "server_errors": self.server_errors,
-                "schema_violations": self.schema_violations}
-
-
-def run_fuzz(base_url: str, *, cases: int, key: str, seed: int = 0,
-             on_case: Callable[[], None] | None = None) -> FuzzResult:
-    """Schemathesis cases, valid (positive) and invalid (negative), over every operation of
-    the served OpenAPI schema, until `cases` requests were sent."""
-    import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hypothesis_seed
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis.generation import GenerationMode
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
-    require_loopback(base_url)
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    checks = [status_code_conformance, content_type_conformance, response_schema_conformance]
-    headers = bearer(key)
-    result = FuzzResult()
-    round_no = 0
-    while result.cases < cases:
-        before = result.cases
-        budget = max(1, math.ceil((cases - result.cases) / (2 * len(operations))))
-        for operation in operations:
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                if result.cases >= cases:
-                    break
-
-                @hypothesis_seed(seed + round_no)
-                @settings(max_examples=budget, deadline=None, database=None, phases=[Phase.generate],
-                          suppress_health_check=list(HealthCheck))
-                @given(case=operation.as_strategy(generation_mode=mode))
-                def one(case: Any) -> None:
-                    if result.cases >= cases:
-                        return
-                    response = case.call(base_url=base_url, headers=headers, timeout=120)
-                    result.cases += 1
-                    if on_case is not None:
-                        on_case()
-                    label = f"{case.method} {case.path} -> {response.status_code}"
-                    if response.status_code >= 500:
-                        result.server_errors += 1
-                        result.examples.append(f"server error: {label}")
-                    try:
-                        case.validate_response(response, checks=checks, headers=headers)
-                    except Exception as e:  # several failed checks come as one ExceptionGroup
-                        result.schema_violations += 1
-                        if len(result.examples) < 20:
-                            result.examples.append(f"{label}: {str(e).splitlines()[0][:160]}")
-
-                try:
-                    one()
-                except Unsatisfiable:
-                    continue  # no request of this mode fits the operation (e.g. nothing to make invalid)
-        round_no += 1
-        if result.cases == before:
-            break
-    return result
 
 
 # Load
@@ -473,11 +396,6 @@ def write_report(out: Path, name: str, command: str, summary: dict[str, Any], ta
     report = out / f"bench-{name}.md"
     report.write_text(text)
     return report
-
-
-def fuzz_table(result: FuzzResult) -> str:
-    return markdown_table(["cases", "server errors", "schema violations"],
-                          [[result.cases, result.server_errors, result.schema_violations]])
 
 
 def load_table(result: LoadResult) -> str:
