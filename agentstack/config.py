@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         default=64, ge=0, description="Generation requests of one key waiting for a slot; beyond, 429.")
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="A generation request or run still open after this is ended (504).")
+    run_lease_s: float = Field(
+        default=15.0, ge=1.0,
+        description="Graph runs are leased to their replica, renewed every third of this; "
+        "a run whose replica stopped renewing ends as an error this long after.")
+    run_retention_s: float = Field(
+        default=3600.0, gt=0, description="How long a finished run's events and result stay readable.")
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish before the engine stops.")
 

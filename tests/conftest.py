@@ -113,6 +113,13 @@ class LiveServer:
             process.kill()
             return process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer ends a server: nothing is cleaned up."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 

@@ -125,7 +125,14 @@ def run_path(handle: RunHandle) -> str:
 # Assistants
 
 
-@router.post("/assistants/search")
+@router.post("/assistants/search", responses={200: {"links": {
+    "GetAssistant": {"operationRef": "#/paths/~1assistants~1{assistant_id}/get",
+                     "parameters": {"path.assistant_id": "$response.body#/0/assistant_id"}},
+    "GetAssistantGraph": {"operationRef": "#/paths/~1assistants~1{assistant_id}~1graph/get",
+                          "parameters": {"path.assistant_id": "$response.body#/0/assistant_id"}},
+    "GetAssistantSchemas": {"operationRef": "#/paths/~1assistants~1{assistant_id}~1schemas/get",
+                            "parameters": {"path.assistant_id": "$response.body#/0/assistant_id"}},
+}}})
 async def search_assistants(body: AssistantSearch, request: Request) -> Response:
     found = workflows_of(request).assistants(graph_id=body.graph_id, name=body.name, metadata=body.metadata)
     return json_response(found[body.offset:body.offset + body.limit])
@@ -251,33 +258,38 @@ async def get_history(thread_id: str, request: Request, limit: int = 10, before:
 
 def _sse(request: Request, handle: RunHandle, *, after: int = -1, cancel_on_disconnect: bool,
          modes: list[str] | None = None) -> EventSourceResponse:
-    """The run's events as SSE; a client that goes away cancels the run if asked to."""
+    """The run's events as SSE, from whichever replica runs it; a client that goes away
+    before `end` cancels the run if asked to."""
     always = {"metadata", "error", "end"}
+    workflows = workflows_of(request)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
+        ended = False
         try:
-            async for event in handle.log.follow(after):
+            async for event in workflows.events(handle, after):
+                ended = event.name == "end"
                 mode = event.name.split("|")[0].split("/")[0]
                 if modes is None or event.name in always or mode in modes or (
                         mode == "messages" and "messages-tuple" in modes):
                     yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep="\n")
         finally:
-            if cancel_on_disconnect and not handle.done.is_set() and handle.task is not None:
-                handle.task.cancel()
+            if cancel_on_disconnect and not ended:
+                workflows.cancel_soon(handle)
 
     return sse_response(events(), drain_s=request.app.state.service.settings.shutdown_grace_s,
                         headers={"Content-Location": run_path(handle)})
 
 
 async def _outcome_unless_disconnected(request: Request, handle: RunHandle, *, cancel: bool) -> Response:
+    workflows = workflows_of(request)
+
     async def finished() -> AsyncIterator[tuple[Any]]:
-        await handle.done.wait()
-        yield (handle.outcome(),)
+        yield (await workflows.outcome(handle),)
 
     result = await last_output_unless_disconnected(request, finished())
     if result is None:
-        if cancel and handle.task is not None and not handle.done.is_set():
-            handle.task.cancel()
+        if cancel:
+            workflows.cancel_soon(handle)
         return client_gone()
     return json_response(result[0], headers={"Content-Location": run_path(handle)})
 

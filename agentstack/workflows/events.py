@@ -1,6 +1,5 @@
 """A run's stream: LangGraph's stream parts turned into the SSE events of the LangGraph
-API, kept in an append-only log that any number of readers follow (the request that
-started the run, `join`, `join_stream` with `Last-Event-ID`).
+API, which the run appends to its `RunLog`.
 
 Event names: `metadata` first, then one per stream part, `<mode>` or `<mode>|<ns>...`
 for subgraph parts, then `error` if the run failed, and `end`. Stream modes map onto
@@ -12,58 +11,17 @@ reads); `messages` as `messages/metadata`, `messages/partial` (the message so fa
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
 
-from agentstack.workflows.serde import dumps
 
 LANGGRAPH_MODES = frozenset({"values", "updates", "messages", "custom", "debug", "tasks", "checkpoints"})
 API_MODES = frozenset({*LANGGRAPH_MODES, "messages-tuple", "events"})
 
 Part = tuple[str, tuple[str, ...], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: int
-    name: str
-    data: str
-
-
-@dataclass
-class EventLog:
-    """Append-only; readers wait for new events without polling."""
-
-    events: list[Event] = field(default_factory=list)
-    closed: bool = False
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def emit(self, name: str, data: Any) -> None:
-        self.events.append(Event(len(self.events), name, dumps(data)))
-        self._notify()
-
-    def close(self) -> None:
-        self.closed = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
-
-    async def follow(self, after: int = -1) -> AsyncIterator[Event]:
-        """Every event after id `after`, then the live ones until the log closes."""
-        index = after + 1
-        while True:
-            while index < len(self.events):
-                yield self.events[index]
-                index += 1
-            if self.closed:
-                return
-            await self._wake.wait()
 
 
 def event_name(mode: str, ns: Sequence[str]) -> str:

@@ -1,19 +1,25 @@
 """Threads, their state, and runs of the registered graphs on the shared backbone.
 
 The manager owns the Redis checkpointer, the graph registry, the thread/run records
-and the runs in flight. Each run is one asyncio task streaming the graph into an
-`EventLog`; HTTP handlers create runs and read their logs, so a stream, a `wait`, a
-`join` and a background run are the same run seen differently. Graph nodes reach
-the engine through `RoleChatModel`, bound here to the service in this process.
+and the runs this replica executes. Each run is one asyncio task streaming the graph
+into its `RunLog` in Redis; HTTP handlers on any replica create runs and read those
+logs, so a stream, a `wait`, a `join` and a background run are the same run seen
+differently, wherever the request lands. Replicas on one Redis coordinate through
+`Ownership` (run leases, thread locks, a cancel channel) and settle each other's lost
+runs (`recovery`). Graph nodes reach the engine through `RoleChatModel`, bound here to
+the service in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,15 +35,18 @@ from agentstack.workflows.errors import (
     WorkflowNotFound,
     WorkflowRequestError,
 )
-from agentstack.workflows.events import EventLog, langgraph_modes, stream_parts
+from agentstack.workflows.events import langgraph_modes, stream_parts
+from agentstack.workflows.ownership import Ownership
+from agentstack.workflows.recovery import settle_lost_runs
 from agentstack.workflows.registry import GraphEntry, GraphRegistry
+from agentstack.workflows.run_log import Event, RunLog
 from agentstack.workflows.serde import to_jsonable
 from agentstack.workflows.store import FINISHED, RunRecord, ThreadRecord, WorkflowStore
 
 logger = logging.getLogger(__name__)
 
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
-FINISHED_RUNS_KEPT = 256
+QUEUE_POLL_S = 0.2
 
 
 @dataclass(slots=True)
@@ -64,20 +73,16 @@ class RunSpec:
 
 @dataclass(eq=False)
 class RunHandle:
-    """A run this process started: its record, its event log, and its outcome."""
+    """A run seen from this replica: its record and its event log, plus its task where
+    this replica executes it."""
 
     record: RunRecord
-    log: EventLog = field(default_factory=EventLog)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    result: Any = None
+    log: RunLog
     temporary_thread: bool = False
-
-    def outcome(self) -> Any:
-        """What `wait` and `join` return: final values, or `__error__` for a failed run."""
-        if self.record.status == "error":
-            return {"__error__": self.record.error}
-        return self.result
+    task: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    holds_thread: bool = False
+    lost: bool = False
 
 
 def _checkpoint_json(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -147,10 +152,12 @@ class WorkflowManager:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.registry = GraphRegistry()
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._saver: AsyncRedisSaver | None = None
         self._store: WorkflowStore | None = None
-        self._runs: OrderedDict[str, RunHandle] = OrderedDict()
-        self._tails: dict[str, RunHandle] = {}
+        self._ownership: Ownership | None = None
+        self._runs: dict[str, RunHandle] = {}
+        self._background: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
 
     @property
@@ -159,8 +166,15 @@ class WorkflowManager:
             raise RuntimeError("WorkflowManager used before start()")
         return self._store
 
+    @property
+    def ownership(self) -> Ownership:
+        if self._ownership is None:
+            raise RuntimeError("WorkflowManager used before start()")
+        return self._ownership
+
     async def start(self) -> None:
-        """Set up the checkpointer, load the graphs, settle runs a previous process left."""
+        """Set up the checkpointer, load the graphs, settle runs no replica owns any more,
+        then keep this replica's leases and follow cancellations."""
         service = self.service
         if service.redis is None:
             raise RuntimeError("start the service before the workflow manager")
@@ -168,17 +182,70 @@ class WorkflowManager:
         await self._saver.asetup()
         self.registry = GraphRegistry.load(self._saver, service.settings.graphs_file)
         self._store = WorkflowStore(service.redis, prefix=service.settings.redis_prefix)
-        settled = await self._store.settle_orphans()
-        if settled:
-            logger.warning("%d run(s) were in progress when the server last stopped; marked as errors", settled)
+        self._ownership = Ownership(service.redis, prefix=service.settings.redis_prefix, replica=self.replica,
+                                    lease_s=service.settings.run_lease_s)
+        await self.settle_lost()
+        self._background = [asyncio.create_task(self._keep_leases(), name="run-leases"),
+                            asyncio.create_task(self._follow_cancels(), name="run-cancels")]
 
     async def stop(self) -> None:
-        active = [h for h in self._runs.values() if not h.done.is_set()]
+        active = [h for h in self._runs.values() if h.task is not None]
         for handle in active:
             assert handle.task is not None
             handle.task.cancel()
         if active:
-            await asyncio.wait([asyncio.ensure_future(h.done.wait()) for h in active], timeout=30)
+            await asyncio.wait([asyncio.ensure_future(h.finished.wait()) for h in active], timeout=30)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _log(self, run_id: str) -> RunLog:
+        assert self.service.redis is not None
+        return RunLog(self.service.redis, self.store.events_key(run_id),
+                      retention_s=self.service.settings.run_retention_s)
+
+    async def settle_lost(self) -> list[str]:
+        return await settle_lost_runs(self.store, self.ownership, self._log, running_here=self._runs)
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of this replica's runs (a run whose lease lapsed was settled
+        by another replica: it stops here) and sweep for other replicas' lost runs."""
+        lease_s = self.service.settings.run_lease_s
+        loop = asyncio.get_running_loop()
+        sweep_at = loop.time() + lease_s / 2
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                held = {run_id: h.record.thread_id if h.holds_thread else None for run_id, h in self._runs.items()}
+                for run_id in await self.ownership.renew(held):
+                    handle = self._runs.get(run_id)
+                    if handle is not None and handle.task is not None:
+                        logger.warning("run %s: its lease lapsed and another replica settled it; stopping it", run_id)
+                        handle.lost = True
+                        handle.task.cancel()
+                if loop.time() >= sweep_at:
+                    await self.settle_lost()
+                    sweep_at = loop.time() + lease_s / 2
+            except Exception as e:  # Redis away: runs go on; leases are renewed once it is back
+                logger.warning("could not renew run leases: %s: %s", type(e).__name__, e)
+
+    async def _follow_cancels(self) -> None:
+        """Cancel this replica's runs when a request on any replica asks to."""
+        redis = self.service.redis
+        assert redis is not None
+        while True:
+            try:
+                async with redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.ownership.cancel_channel)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        handle = self._runs.get(message["data"].decode())
+                        if handle is not None and handle.task is not None:
+                            handle.task.cancel()
+            except Exception as e:  # Redis away: retry
+                logger.warning("following run cancellations paused: %s: %s", type(e).__name__, e)
+                await asyncio.sleep(1.0)
 
     # Assistants
 
@@ -227,11 +294,11 @@ class WorkflowManager:
 
     async def delete_thread(self, thread_id: str) -> None:
         await self.thread(thread_id)
-        for handle in [h for h in self._runs.values() if h.record.thread_id == thread_id and not h.done.is_set()]:
-            assert handle.task is not None
-            handle.task.cancel()
-            await handle.done.wait()
+        local = [run_id for run_id, h in self._runs.items() if h.record.thread_id == thread_id]
+        for run_id in dict.fromkeys([*await self.ownership.thread_runs(thread_id), *local]):
+            await self._stop_run(run_id)
         await self.store.delete_thread(thread_id)
+        await self.ownership.forget_thread(thread_id)
         assert self._saver is not None
         await self._saver.adelete_thread(thread_id)
 
@@ -290,8 +357,7 @@ class WorkflowManager:
         if entry is None:
             raise WorkflowRequestError(
                 f"thread {thread_id!r} has no graph yet: create it with a graph_id or run it first")
-        tail = self._tails.get(thread_id)
-        if tail is not None and not tail.done.is_set():
+        if await self.ownership.thread_runs(thread_id):
             raise ThreadBusy(thread_id)
         if as_node is not None and as_node not in entry.graph.nodes:
             nodes = ", ".join(n for n in entry.graph.nodes if not n.startswith("__"))
@@ -327,33 +393,24 @@ class WorkflowManager:
         temporary = thread_id is None
         async with self._lock:
             thread = await self._thread_for_run(thread_id, spec)
-            previous = self._tails.get(thread.thread_id)
-            if previous is not None and previous.done.is_set():
-                previous = None
-            if previous is not None:
-                if spec.multitask_strategy == "reject":
-                    raise ThreadBusy(thread.thread_id)
-                if spec.multitask_strategy in ("interrupt", "rollback"):
-                    assert previous.task is not None
-                    previous.task.cancel()
-                    await previous.done.wait()
-                    if spec.multitask_strategy == "rollback":
-                        await self.store.delete_run(previous.record)
-                    previous = None
             record = RunRecord(run_id=str(uuid.uuid4()), thread_id=thread.thread_id,
                                assistant_id=entry.assistant_id, metadata=dict(spec.metadata or {}),
                                multitask_strategy=spec.multitask_strategy)
-            handle = RunHandle(record=record, temporary_thread=temporary)
+            handle = RunHandle(record=record, log=self._log(record.run_id), temporary_thread=temporary)
+            handle.holds_thread = await self._take_thread(thread.thread_id, record.run_id, spec.multitask_strategy)
             thread.status = "busy"
             thread.metadata.update(graph_id=entry.graph_id, assistant_id=entry.assistant_id)
-            # Stored first: a run Redis refused is never registered, so it cannot hold
-            # up the thread's next run or the shutdown.
-            await self.store.put_thread(thread, created=temporary)
-            await self.store.put_run(record, created=True)
-            self._tails[thread.thread_id] = handle
-            self._remember(handle)
-        handle.task = asyncio.create_task(self._execute(handle, entry, spec, after=previous),
-                                          name=f"run-{record.run_id}")
+            try:
+                # Leased before it is recorded as active, so no replica's sweep finds it unowned.
+                await self.ownership.lease(record.run_id)
+                await self.store.put_thread(thread, created=temporary)
+                await self.store.put_run(record, created=True)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.ownership.release(record.run_id, thread.thread_id)
+                raise
+            self._runs[record.run_id] = handle
+        handle.task = asyncio.create_task(self._execute(handle, entry, spec), name=f"run-{record.run_id}")
         return handle
 
     async def _thread_for_run(self, thread_id: str | None, spec: RunSpec) -> ThreadRecord:
@@ -366,11 +423,32 @@ class WorkflowManager:
             return await self.create_thread(thread_id=thread_id)
         raise WorkflowNotFound("thread", thread_id)
 
-    def _remember(self, handle: RunHandle) -> None:
-        self._runs[handle.record.run_id] = handle
-        finished = [rid for rid, h in self._runs.items() if h.done.is_set()]
-        for run_id in finished[: max(0, len(finished) - FINISHED_RUNS_KEPT)]:
-            del self._runs[run_id]
+    async def _take_thread(self, thread_id: str, run_id: str, strategy: MultitaskStrategy) -> bool:
+        """Whether the run holds the thread now; False: it waits in the thread's queue."""
+        if await self.ownership.acquire(thread_id, run_id):
+            return True
+        if strategy == "reject":
+            raise ThreadBusy(thread_id)
+        if strategy == "enqueue":
+            await self.ownership.enqueue(thread_id, run_id)
+            return False
+        for other in await self.ownership.thread_runs(thread_id):
+            await self._stop_run(other, delete=strategy == "rollback")
+        if await self.ownership.acquire(thread_id, run_id):
+            return True
+        raise ThreadBusy(thread_id)
+
+    async def _stop_run(self, run_id: str, *, delete: bool = False) -> None:
+        """Cancel a run on whichever replica runs it and wait for its end."""
+        handle = self._runs.get(run_id)
+        if handle is not None and handle.task is not None:
+            handle.task.cancel()
+            await handle.finished.wait()
+        else:
+            await self.ownership.request_cancel(run_id)
+            await self._log(run_id).wait_end(ended=lambda: self._ended(run_id))
+        if delete and (record := await self.store.get_run(run_id)) is not None:
+            await self.store.delete_run(record)
 
     def _run_config(self, entry: GraphEntry, spec: RunSpec, record: RunRecord) -> dict[str, Any]:
         user = spec.config or {}
@@ -385,17 +463,28 @@ class WorkflowManager:
         config["metadata"] = {**(user.get("metadata") or {}), **(spec.metadata or {}), **ids}
         return config
 
-    async def _execute(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec, *, after: RunHandle | None) -> None:
+    async def _wait_turn(self, handle: RunHandle) -> None:
+        """An enqueued run starts once the runs before it on the thread ended, wherever they ran."""
+        record = handle.record
+        while not await self.ownership.acquire(record.thread_id, record.run_id):
+            await asyncio.sleep(QUEUE_POLL_S)
+        handle.holds_thread = True
+        thread = await self.store.get_thread(record.thread_id)
+        if thread is not None and thread.status != "busy":
+            thread.status = "busy"
+            await self.store.put_thread(thread)
+
+    async def _execute(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec) -> None:
         record, log = handle.record, handle.log
         started = time.perf_counter()
         bind_service(self.service)  # this run's task only: its nodes call roles in-process
         try:
-            if after is not None:
-                await after.done.wait()
-            started = time.perf_counter()
+            if not handle.holds_thread:
+                await self._wait_turn(handle)
+                started = time.perf_counter()
             record.status = "running"
             await self.store.put_run(record)
-            log.emit("metadata", {"run_id": record.run_id, "attempt": 1})
+            await log.emit("metadata", {"run_id": record.run_id, "attempt": 1})
             kwargs: dict[str, Any] = {
                 "stream_mode": langgraph_modes(spec.stream_mode), "subgraphs": spec.stream_subgraphs,
                 "interrupt_before": spec.interrupt_before, "interrupt_after": spec.interrupt_after,
@@ -405,7 +494,7 @@ class WorkflowManager:
                 kwargs["context"] = spec.context
             async for name, data in stream_parts(entry.graph, _graph_input(spec), self._run_config(entry, spec, record),
                                                  spec.stream_mode, **kwargs):
-                log.emit(name, data)
+                await log.emit(name, data)
             record.status = "success"
         except asyncio.CancelledError:
             record.status = "interrupted"
@@ -413,7 +502,6 @@ class WorkflowManager:
             logger.warning("run %s of graph %s failed: %s: %s", record.run_id, entry.graph_id, type(e).__name__, e)
             record.status = "error"
             record.error = {"error": type(e).__name__, "message": str(e)}
-            log.emit("error", record.error)
         finally:
             await self._finish(handle, entry, spec)
             metrics = self.service.metrics
@@ -421,46 +509,82 @@ class WorkflowManager:
             metrics.workflow_run_latency.labels(entry.graph_id).observe(time.perf_counter() - started)
 
     async def _finish(self, handle: RunHandle, entry: GraphEntry, spec: RunSpec) -> None:
+        """Record the outcome, free the thread, then end the log: a client that sees `end`
+        finds the run's final record and may start the thread's next run at once."""
         record = handle.record
+        retention_s = self.service.settings.run_retention_s
         try:
-            thread = await self.store.get_thread(record.thread_id)
+            if handle.lost:
+                return  # another replica settled this run; its records are final already
+            # A run cancelled while queued never ran: the thread is another run's business.
+            thread = await self.store.get_thread(record.thread_id) if handle.holds_thread else None
+            result: Any = None
             if thread is not None:
                 snapshot = await self._refresh_thread(thread, entry, status=record.status)
-                values = to_jsonable(snapshot.values)
-                if snapshot.interrupts and isinstance(values, dict):
-                    values["__interrupt__"] = to_jsonable(list(snapshot.interrupts))
+                result = to_jsonable(snapshot.values)
+                if snapshot.interrupts and isinstance(result, dict):
+                    result["__interrupt__"] = to_jsonable(list(snapshot.interrupts))
                     if record.status == "success":
                         record.status = "interrupted"
-                handle.result = values
             await self.store.put_run(record)
+            await self.store.put_result(record.run_id, result, retention_s=retention_s)
             if handle.temporary_thread and spec.on_completion != "keep":
-                await self.store.delete_thread(record.thread_id)
+                await self.store.delete_thread(record.thread_id, runs_retention_s=retention_s)
                 assert self._saver is not None
                 await self._saver.adelete_thread(record.thread_id)
+            await self.ownership.release(record.run_id, record.thread_id)
+            errors = [("error", record.error)] if record.status == "error" else []
+            await handle.log.end({"run_id": record.run_id, "status": record.status}, before=errors)
         except Exception:
             logger.exception("could not record the end of run %s", record.run_id)
         finally:
-            handle.log.emit("end", {"run_id": record.run_id, "status": record.status})
-            handle.log.close()
-            handle.done.set()
-            if self._tails.get(record.thread_id) is handle:
-                del self._tails[record.thread_id]
+            handle.finished.set()
+            self._runs.pop(record.run_id, None)
+
+    async def _ended(self, run_id: str) -> dict[str, Any] | None:
+        """`end` data for a run whose log is gone: finished (log expired) or deleted."""
+        record = await self.store.get_run(run_id)
+        if record is not None and record.status not in FINISHED:
+            return None
+        return {"run_id": run_id, "status": record.status if record is not None else "deleted"}
 
     async def run_handle(self, thread_id: str, run_id: str) -> RunHandle:
-        """The run, live or finished; a run this process did not start gets a closed log."""
+        """The run, live or finished, wherever it runs."""
         handle = self._runs.get(run_id)
         if handle is not None and handle.record.thread_id == thread_id:
             return handle
         record = await self.store.get_run(run_id)
         if record is None or record.thread_id != thread_id:
             raise WorkflowNotFound("run", run_id)
-        handle = RunHandle(record=record)
-        thread = await self.store.get_thread(thread_id)
-        handle.result = thread.values if thread is not None else None
-        handle.log.emit("end", {"run_id": record.run_id, "status": record.status})
-        handle.log.close()
-        handle.done.set()
-        return handle
+        return RunHandle(record=record, log=self._log(run_id))
+
+    def events(self, handle: RunHandle, after: int = -1) -> AsyncIterator[Event]:
+        """The run's events after id `after`, replayed then live, through `end`."""
+        run_id = handle.record.run_id
+        return handle.log.follow(after, ended=lambda: self._ended(run_id))
+
+    async def outcome(self, handle: RunHandle) -> Any:
+        """What `wait` and `join` return once the run ended: its final values, or
+        `__error__` for a failed run."""
+        run_id = handle.record.run_id
+        await handle.log.wait_end(ended=lambda: self._ended(run_id))
+        record = await self.store.get_run(run_id) or handle.record
+        if record.status == "error":
+            return {"__error__": record.error}
+        found, result = await self.store.get_result(run_id)
+        if found:
+            return result
+        thread = await self.store.get_thread(record.thread_id)
+        return thread.values if thread is not None else None
+
+    def cancel_soon(self, handle: RunHandle) -> None:
+        """Cancel without waiting (a client went away): here if it runs here, else by message."""
+        if handle.task is not None:
+            handle.task.cancel()
+        elif handle.record.status not in FINISHED:
+            task = asyncio.create_task(self.ownership.request_cancel(handle.record.run_id))
+            self._background.append(task)
+            task.add_done_callback(self._background.remove)
 
     async def runs(self, thread_id: str, *, limit: int = 10, offset: int = 0,
                    status: str | None = None) -> list[RunRecord]:
@@ -471,16 +595,15 @@ class WorkflowManager:
     async def cancel(self, thread_id: str, run_id: str, *, wait: bool,
                      action: Literal["interrupt", "rollback"]) -> None:
         handle = await self.run_handle(thread_id, run_id)
-        if not handle.done.is_set() and handle.task is not None:
+        if wait or action == "rollback":
+            await self._stop_run(run_id, delete=action == "rollback")
+        elif handle.task is not None:
             handle.task.cancel()
-            if wait or action == "rollback":
-                await handle.done.wait()
-        if action == "rollback":
-            await self.store.delete_run(handle.record)
+        elif handle.record.status not in FINISHED:
+            await self.ownership.request_cancel(run_id)
 
     async def delete_run(self, thread_id: str, run_id: str) -> None:
         handle = await self.run_handle(thread_id, run_id)
         if handle.record.status not in FINISHED:
             raise WorkflowConflict(f"run {run_id!r} is still {handle.record.status}; cancel it first")
         await self.store.delete_run(handle.record)
-        self._runs.pop(run_id, None)

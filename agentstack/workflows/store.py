@@ -7,9 +7,13 @@ about threads and runs (metadata, status, timestamps). Keys, under the service p
     <p>:lg:threads            zset of thread ids by creation time
     <p>:lg:run:<id>           JSON run record
     <p>:lg:thread_runs:<tid>  zset of a thread's run ids by creation time
-    <p>:lg:active_runs        set of runs pending or running (settled at the next start)
+    <p>:lg:active_runs        set of runs pending or running
+    <p>:lg:events:<id>        a run's event stream (`run_log`)
+    <p>:lg:result:<id>        what `wait` and `join` return for a finished run
 
-Each record is one key written whole, so a reader never sees half an update.
+Each record is one key written whole, so a reader never sees half an update. Which
+replica runs an active run is `ownership`'s business; a run whose owner is gone is
+settled through `settle_lost`.
 """
 
 from __future__ import annotations
@@ -89,6 +93,15 @@ class WorkflowStore:
     def _threads_key(self) -> str:
         return f"{self._prefix}:threads"
 
+    def events_key(self, run_id: str) -> str:
+        return f"{self._prefix}:events:{run_id}"
+
+    def _result_key(self, run_id: str) -> str:
+        return f"{self._prefix}:result:{run_id}"
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        return [self._run_key(run_id), self.events_key(run_id), self._result_key(run_id)]
+
     @property
     def _active_key(self) -> str:
         return f"{self._prefix}:active_runs"
@@ -114,11 +127,18 @@ class WorkflowStore:
         raws = await self._client.mget([self._thread_key(i) for i in ids])
         return [ThreadRecord(**json.loads(raw)) for raw in raws if raw]
 
-    async def delete_thread(self, thread_id: str) -> None:
+    async def delete_thread(self, thread_id: str, *, runs_retention_s: float | None = None) -> None:
+        """Delete a thread and its runs; with `runs_retention_s` its runs' records, logs and
+        results expire after that instead (a stateless run's caller is still reading them)."""
         run_ids = [r.decode() for r in await self._client.zrange(self._thread_runs_key(thread_id), 0, -1)]
+        run_keys = [key for r in run_ids for key in self._run_keys(r)]
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._thread_key(thread_id), self._thread_runs_key(thread_id),
-                        *[self._run_key(r) for r in run_ids])
+            pipe.delete(self._thread_key(thread_id), self._thread_runs_key(thread_id))
+            for key in run_keys:
+                if runs_retention_s is None:
+                    pipe.delete(key)
+                else:
+                    pipe.pexpire(key, int(runs_retention_s * 1000))
             pipe.zrem(self._threads_key, thread_id)
             if run_ids:
                 pipe.srem(self._active_key, *run_ids)
@@ -151,26 +171,21 @@ class WorkflowStore:
 
     async def delete_run(self, record: RunRecord) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._run_key(record.run_id))
+            pipe.delete(*self._run_keys(record.run_id))
             pipe.zrem(self._thread_runs_key(record.thread_id), record.run_id)
             pipe.srem(self._active_key, record.run_id)
             await pipe.execute()
 
-    async def settle_orphans(self) -> int:
-        """Runs left pending or running by a stopped server end as errors, their threads
-        go back to idle: the thread's checkpoints are intact, so a new run continues it."""
-        ids = [i.decode() for i in await self._client.smembers(self._active_key)]  # type: ignore[misc]
-        for run_id in ids:
-            record = await self.get_run(run_id)
-            if record is None:
-                await self._client.srem(self._active_key, run_id)  # type: ignore[misc]
-                continue
-            record.status = "error"
-            record.error = {"error": "ServerRestarted",
-                            "message": "the server stopped while this run was in progress"}
-            await self.put_run(record)
-            thread = await self.get_thread(record.thread_id)
-            if thread is not None and thread.status == "busy":
-                thread.status = "idle"
-                await self.put_thread(thread)
-        return len(ids)
+    async def active_run_ids(self) -> list[str]:
+        return [i.decode() for i in await self._client.smembers(self._active_key)]  # type: ignore[misc]
+
+    async def forget_active(self, run_id: str) -> None:
+        await self._client.srem(self._active_key, run_id)  # type: ignore[misc]
+
+    async def put_result(self, run_id: str, result: Any, *, retention_s: float) -> None:
+        await self._client.set(self._result_key(run_id), dumps(result), px=int(retention_s * 1000))
+
+    async def get_result(self, run_id: str) -> tuple[bool, Any]:
+        """(found, value): a result expires with its run's event log."""
+        raw = await self._client.get(self._result_key(run_id))
+        return (True, json.loads(raw)) if raw is not None else (False, None)

@@ -1,10 +1,9 @@
-"""Run-time adapter changes live in Redis: they survive a restart, replicas on one Redis
-follow each other's, and /readyz follows Redis."""
+"""Run-time adapter changes live in Redis: they survive a restart, and /readyz follows
+Redis (replicas following each other's changes: tests/workflows/test_replicas.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -69,37 +68,3 @@ def test_loaded_and_unloaded_adapters_persist_across_restart(
         assert back.status_code == 200 and back.json()["status"] == "ready"
     finally:
         assert restarted.stop() == 0, restarted.log_tail()
-
-
-def test_replicas_on_one_redis_follow_each_others_adapter_changes(
-    tmp_path: Path, model_dir: Path, own_redis: EmbeddedRedis, adapters_root: Path
-) -> None:
-    """Two servers on one Redis, as the chart's replicas run: what one loads or unloads at
-    run time, the other serves or drops moments later, without a restart."""
-    env = {**server_env(model_dir, own_redis.url, adapters_root, tmp_path), "AGENTSTACK_REDIS_PREFIX": "replicas"}
-    first = LiveServer(env=env, log_path=tmp_path / "first.log").start()
-    second = LiveServer(env=env, log_path=tmp_path / "second.log").start()
-    try:
-        http = httpx.Client(base_url=first.base_url, timeout=120)
-        assert http.post("/v1/load_lora_adapter",
-                         json={"lora_name": "selector-shared", "lora_path": "selector-copy"}).status_code == 200
-        assert converges_s(lambda: "selector-shared" in model_ids(second)) <= 10, second.log_tail()
-        reply = httpx.post(f"{second.base_url}/v1/chat/completions", timeout=120, json={
-            "model": "selector-shared", "temperature": 0, "max_tokens": 24, "messages": selector_chat(),
-        })
-        assert reply.status_code == 200
-        assert http.post("/v1/unload_lora_adapter", json={"lora_name": "selector-shared"}).status_code == 200
-        assert converges_s(lambda: "selector-shared" not in model_ids(second)) <= 10, second.log_tail()
-    finally:
-        second.stop()
-        first.stop()
-
-
-def converges_s(done: Callable[[], bool], limit_s: float = 30) -> float:
-    """Seconds until `done()` holds (polled every 0.1 s); `limit_s` if it never does."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
-        if done():
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return limit_s

@@ -232,6 +232,7 @@ def test_every_object_is_valid_for_kubernetes(chart: helm_python.Chart, name: st
         {"engine": {"sharedCache": {"mode": "shared"}}},
         {"engine": {"sharedCache": {"blockSize": 100}}},
         {"limits": {"headerTimeoutS": 0}},
+        {"workflows": {"runLeaseS": 0.5}},
         # The shared cache modes are CPU-only until verified on a GPU engine.
         {"engine": {"device": "gpu", "sharedCache": {"mode": "decomposed"}}},
         {"engine": {"device": "gpu", "sharedCache": {"mode": "full-shared"}}},
@@ -308,6 +309,18 @@ def test_connection_timeouts_reach_the_service(chart: helm_python.Chart) -> None
     rendered = render(chart, {"limits": {"headerTimeoutS": 2.5, "keepaliveTimeoutS": 75}})
     settings = Settings(**rendered.config_file())
     assert (settings.header_timeout_s, settings.keepalive_timeout_s) == (2.5, 75)
+
+
+def test_replicas_share_one_redis_and_lease_their_runs(chart: helm_python.Chart) -> None:
+    """The multi-replica values: every pod on the same external Redis and prefix, so runs,
+    thread locks, adapters and the cache tier are shared; the lease reaches the service."""
+    values = {**CONFIGURATIONS["gpu-production"], "workflows": {"runLeaseS": 20, "runRetentionS": 600}}
+    rendered = render(chart, values)
+    settings = Settings(**rendered.config_file())
+    assert (settings.run_lease_s, settings.run_retention_s) == (20, 600)
+    assert rendered.one("HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+    assert "AGENTSTACK_REDIS_URL" in env_of(rendered.server_container())
+    assert not [o for o in rendered.objects if o["kind"] == "StatefulSet"], "a per-release Redis beside an external one"
 
 
 @pytest.mark.parametrize(

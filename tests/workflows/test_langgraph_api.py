@@ -17,7 +17,7 @@ from langgraph_sdk.errors import ConflictError, NotFoundError
 pytestmark = pytest.mark.slow
 
 BUILTIN = {"tool_agent", "plan_act_reflect"}
-USER = {"review", "fragile", "in_process"}
+USER = {"review", "fragile", "in_process", "slow"}
 
 
 def last_of_type(messages: list[dict[str, Any]], kind: str) -> dict[str, Any]:

@@ -1,23 +1,19 @@
 """The workflow parts that need no engine: tools, input validation, JSON, registry,
-event log, Redis records, and the plan_act_reflect context."""
+and the plan_act_reflect context."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Interrupt
 
-from agentstack.redis_server import EmbeddedRedis
 from agentstack.workflows import GraphRegistry, GraphRegistryError, InvalidRunInput, assistant_id_for
-from agentstack.workflows.events import EventLog, langgraph_modes
+from agentstack.workflows.events import langgraph_modes
 from agentstack.workflows.serde import to_jsonable
-from agentstack.workflows.store import RunRecord, ThreadRecord, WorkflowStore
 from agentstack.workflows.validation import validator_for
 from graphs.plan_act_reflect import graph as plan_act_reflect
 from graphs.plan_act_reflect import is_approval, shared_context
@@ -102,39 +98,9 @@ def test_registry_loads_builtins_and_user_graphs(tmp_path: Path) -> None:
             GraphRegistry.load(InMemorySaver(), bad)
 
 
-async def test_event_log_replays_then_follows() -> None:
-    log = EventLog()
-    log.emit("metadata", {"run_id": "r"})
-
-    async def read(after: int) -> list[str]:
-        return [e.name async for e in log.follow(after)]
-
-    reader = asyncio.ensure_future(read(-1))
-    late = asyncio.ensure_future(read(0))
-    await asyncio.sleep(0)
-    log.emit("values", {"a": 1})
-    log.close()
-    assert await reader == ["metadata", "values"]
-    assert await late == ["values"]
-    assert (log.events[1].id, log.events[1].data) == (1, '{"a":1}')
+def test_stream_modes_asked_of_langgraph() -> None:
     assert langgraph_modes(["events"]) == ["values"]
     assert langgraph_modes(["messages-tuple", "updates"]) == ["messages", "updates"]
-
-
-async def test_runs_left_running_are_settled_at_start(redis_server: EmbeddedRedis) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    store = WorkflowStore(client, prefix="settle-test")
-    thread = ThreadRecord(thread_id="t1", status="busy")
-    await store.put_thread(thread, created=True)
-    await store.put_run(RunRecord(run_id="r1", thread_id="t1", assistant_id="a", status="running"), created=True)
-    assert await store.settle_orphans() == 1
-    run = await store.get_run("r1")
-    assert run is not None and run.status == "error" and run.error is not None
-    assert (await store.get_thread("t1")).status == "idle"  # type: ignore[union-attr]
-    assert await store.settle_orphans() == 0
-    await store.delete_thread("t1")
-    assert await store.get_run("r1") is None
-    await client.aclose()
 
 
 def test_plan_act_reflect_context_is_shared_and_labelled() -> None:

@@ -43,11 +43,13 @@ def bearer(key: str) -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    """`agentstack serve` with its own embedded Redis (so a bench can stop and restart it)."""
+    """`agentstack serve` with its own embedded Redis (so a bench can stop and restart it),
+    or on a Redis given by URL that several servers share (replicas)."""
 
     work_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    redis_url: str | None = None
     redis: EmbeddedRedis | None = None
     process: subprocess.Popen[bytes] | None = None
 
@@ -61,13 +63,14 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = EmbeddedRedis(self.work_dir / "redis").start()
+        if self.redis_url is None:
+            self.redis = EmbeddedRedis(self.work_dir / "redis").start()
         keys = write_key_file(self.work_dir / "api-keys.yaml")
         env = {
             **os.environ,
             "AGENTSTACK_HOST": "127.0.0.1",
             "AGENTSTACK_PORT": str(self.port),
-            "AGENTSTACK_REDIS_URL": self.redis.url,
+            "AGENTSTACK_REDIS_URL": self.redis_url or self.redis.url,  # type: ignore[union-attr]
             "AGENTSTACK_API_KEYS_FILE": str(keys),
             "AGENTSTACK_ADAPTERS_ROOT": str(self.adapters_root),
             "AGENTSTACK_KV_CACHE_SPACE_GIB": "1",
@@ -122,6 +125,12 @@ class ServerProcess:
     def terminate(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or the OOM killer ends a server."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
 
     def wait(self, timeout_s: float = 120) -> int:
         assert self.process is not None

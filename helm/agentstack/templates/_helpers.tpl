@@ -136,6 +136,8 @@ mounts and Service rely on.
   "max_body_bytes" .Values.limits.maxBodyBytes
   "header_timeout_s" .Values.limits.headerTimeoutS
   "keepalive_timeout_s" .Values.limits.keepaliveTimeoutS
+  "run_lease_s" .Values.workflows.runLeaseS
+  "run_retention_s" .Values.workflows.runRetentionS
   "auth_required" .Values.auth.enabled
 }}
 {{- with include "agentstack.modelDir" . }}
