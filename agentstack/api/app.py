@@ -3,8 +3,9 @@ and the request limits in front of them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -37,9 +38,29 @@ def create_app(service: Service, *, manage_lifecycle: bool = True, keyring: KeyR
     for router in (openai_routes.router, admin_routes.router, langgraph_routes.router):
         app.include_router(router, responses=ERROR_RESPONSES)
     app.state.keyring = keyring
+    app.openapi = _with_served_bounds(app, service)  # type: ignore[method-assign]
     settings = service.settings
     app.state.admission = Admission(settings.max_concurrency_per_key, settings.max_queue_per_key)
     app.add_middleware(RequestLimits, metrics=service.metrics, max_body_bytes=settings.max_body_bytes,
                        timeout_s=settings.request_timeout_s)
     return app
 
+
+
+def _with_served_bounds(app: FastAPI, service: Service) -> Callable[[], dict[str, Any]]:
+    """FastAPI's document, plus the bounds only the served model knows: `/detokenize`
+    takes token ids below its vocabulary size (it answers 400 for others)."""
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = document()
+        engine = service.engine
+        if engine is not None:
+            tokens = schema.get("components", {}).get("schemas", {}).get("DetokenizeRequest", {})
+            items = tokens.get("properties", {}).get("tokens", {}).get("items")
+            if isinstance(items, dict):
+                items.pop("exclusiveMaximum", None)
+                items["maximum"] = len(engine.tokenizer) - 1
+        return schema
+
+    return openapi

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from agentstack.chat.requests import (  # noqa: F401  (part of the API's schemas)
     ChatCompletionRequest,
@@ -35,7 +35,12 @@ class RouteRequest(Request):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(min_length=1)
+    # The documented schema says what the validator below accepts: one non-empty prompt,
+    # as a string or a one-element list.
+    prompt: Annotated[str | list[str], WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
+    ]})] = Field(min_length=1)
     echo: bool = False
 
     @field_validator("prompt")
@@ -54,7 +59,13 @@ class CompletionRequest(SamplingFields):
 
 
 class TokenizeRequest(Request):
-    """vLLM's ``/tokenize``: a completion prompt or chat messages, as the engine would see them."""
+    """vLLM's ``/tokenize``: a completion prompt or chat messages, as the engine would see them.
+    The documented schema says so: exactly one of the two (a null one counts as absent)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}},
+    ]})
 
     model: str | None = None
     prompt: str | None = None

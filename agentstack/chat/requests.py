@@ -129,8 +129,22 @@ class SamplingFields(Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+SPOKEN_ROLES = ["developer", "user", "assistant", "tool"]
+HAS_USER_CONTENT = {"anyOf": [
+    {"required": ["role", "content"], "properties": {
+        "role": {"enum": SPOKEN_ROLES},
+        "content": {"anyOf": [{"type": "string", "minLength": 1},
+                              {"type": "array", "contains": {"required": ["text"],
+                                                             "properties": {"text": {"minLength": 1}}}}]}}},
+    {"required": ["role", "tool_calls"], "properties": {
+        "role": {"enum": SPOKEN_ROLES}, "tool_calls": {"type": "array", "minItems": 1}}},
+]}
+"""What `_has_user_content` checks, in JSON Schema: a message not from the system with text or
+tool calls. The documented schema of `messages` requires one (`contains`)."""
+
+
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, json_schema_extra={"contains": HAS_USER_CONTENT})
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
