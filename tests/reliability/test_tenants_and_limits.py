@@ -56,10 +56,14 @@ async def test_past_the_queue_a_key_gets_429_with_retry_after(keyed: ServerProce
     assert other.status_code == 200
 
 
-def test_fuzz_short_finds_no_server_error(keyed: ServerProcess) -> None:
+def test_fuzz_short_fails_no_check(keyed: ServerProcess) -> None:
+    """Every schemathesis check, over coverage, fuzzing and a short stateful phase."""
     result = run_fuzz(keyed.base_url, cases=120, key=TENANT_KEYS["tenant-a"])
-    assert result.cases >= 100
-    assert result.server_errors == 0, result.examples
+    summary = result.summary()
+    assert result.cases >= 100 and all(summary["phases"][phase] > 0 for phase in ("coverage", "fuzzing", "stateful"))
+    assert {"not_a_server_error", "negative_data_rejection", "use_after_free", "ignored_auth"} <= set(result.checks)
+    assert result.failures == 0 and result.server_errors == 0, [e.line() for e in result.examples]
+    assert result.stateful_links > 0, "the stateful phase follows links"
 
 
 async def test_load_short_fails_nothing(keyed: ServerProcess) -> None:
