@@ -10,7 +10,8 @@ schemathesis registers for OpenAPI, in three phases:
 - stateful: sequences that follow the document's links (`schema.as_state_machine()`), so
   the ids a request uses come from earlier responses: a created thread read, patched,
   run, deleted and read again; a run fetched, joined and cancelled; an assistant found
-  and read; an adapter loaded and unloaded.
+  and read. (Adapter load and unload are admin operations, refused to the tenant key the
+  fuzzer uses, so no link joins them.)
 
 Requests authenticate with the security scheme the document declares (HTTP bearer, with
 the key passed in). Every failed check counts, not only server errors; a case whose
