@@ -62,13 +62,14 @@ def test_a_run_on_one_replica_is_followed_and_joined_through_the_other(
     run = a.runs.create(thread["thread_id"], "slow", input={"ticks": 4, "seconds": 0.4, "done": 0},
                         stream_mode=["values", "updates"])
     seen = [(p.event, p.data) for p in b.runs.join_stream(thread["thread_id"], run["run_id"])]
-    assert seen[0][0] == "metadata" and seen[-1][0] == "values" and seen[-1][1]["done"] == 4
-    assert [e for e, _ in seen].count("updates") == 4
+    names = [e for e, _ in seen]
+    assert names[0] == "metadata" and names[-1] == "end" and names.count("updates") == 4
+    assert [d for e, d in seen if e == "values"][-1]["done"] == 4
     assert b.runs.join(thread["thread_id"], run["run_id"]) == {"ticks": 4, "seconds": 0.4, "done": 4}
     again = [(p.event, p.data) for p in a.runs.join_stream(thread["thread_id"], run["run_id"])]
     assert again == seen, "the other replica replayed a different log"
     resumed = [p.event for p in b.runs.join_stream(thread["thread_id"], run["run_id"], last_event_id="2")]
-    assert resumed == [e for e, _ in seen][3:]
+    assert resumed == names[3:]
     assert b.runs.get(thread["thread_id"], run["run_id"])["status"] == "success"
 
 
