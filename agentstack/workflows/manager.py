@@ -355,7 +355,7 @@ class WorkflowManager:
         thread = await self.thread(thread_id)
         entry = self._entry_of(thread)
         if entry is None:
-            raise WorkflowRequestError(
+            raise WorkflowConflict(  # the request is sound; the thread's state refuses it
                 f"thread {thread_id!r} has no graph yet: create it with a graph_id or run it first")
         if await self.ownership.thread_runs(thread_id):
             raise ThreadBusy(thread_id)

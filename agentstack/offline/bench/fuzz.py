@@ -111,25 +111,11 @@ def openapi_checks(schema: Any) -> list[Callable[..., Any]]:
     return [*functions, *build_response_checks(run_checks_for(schema).for_responses())]
 
 
-STATE_BEFORE_GRAPH = {
-    "include-name": "POST /threads/{thread_id}/state",
-    "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_STATUSES, "400"]}},
-}
-"""The one exception to the checks' defaults. `POST /threads/{thread_id}/state` on a thread
-that exists but has run no graph yet (so there is no state schema to apply the update to)
-answers 400 "has no graph yet: create it with a graph_id or run it first": the request is
-well formed, the thread's state is what refuses it. The workflows layer decides that status
-(RFC 9110 would say 409); until it changes, `positive_data_acceptance` accepts a 400 from
-this one operation, and from no other."""
-
-
 def fuzz_config(key: str) -> Any:
-    """Credentials for the document's bearer scheme, `STATE_BEFORE_GRAPH`, and everything
-    else at schemathesis's defaults."""
+    """Credentials for the document's bearer scheme; every check at schemathesis's defaults."""
     from schemathesis.config import SchemathesisConfig
 
-    return SchemathesisConfig.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": key}}},
-                                         "operations": [STATE_BEFORE_GRAPH]})
+    return SchemathesisConfig.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": key}}}})
 
 
 class Fuzzer:
