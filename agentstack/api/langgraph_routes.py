@@ -6,13 +6,15 @@ up; every route authenticates the caller and checks that a thread in its path is
 caller's. Workflow errors are agentstack errors: the SDK reads the message from their body and
 picks its exception by status.
 
-Tenancy: with API keys on, a thread belongs to the key that created it (its `owner`
-metadata, which callers cannot set); another key gets 404 for it, as if it did not
-exist, and searches see only the caller's threads. A key runs only the graphs it may.
+Tenancy: with API keys on, thread ids are per key (`thread_scope`): a key sees only its
+own threads, may pick any id another key uses, and learns nothing about other keys'
+threads. Threads also carry their key as `owner` metadata (callers cannot set it), which
+searches filter on. A key runs only the graphs it may.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -34,26 +36,28 @@ from agentstack.api.langgraph_schemas import (
     ThreadSearch,
 )
 from agentstack.api.openai_routes import client_gone, last_output_unless_disconnected
-from agentstack.api.security import Caller, GenerationSlot, caller
+from agentstack.api.security import GenerationSlot, caller
 from agentstack.api.sse import sse_response
+from agentstack.api.thread_scope import OWNER, owner_of, scope_of, scoped_thread_id, unscoped
 from agentstack.auth import current_principal
-from agentstack.errors import Conflict, Forbidden, ServiceUnavailable
-from agentstack.workflows import RunHandle, WorkflowManager, WorkflowNotFound
+from agentstack.errors import Forbidden, ServiceUnavailable
+from agentstack.workflows import RunHandle, WorkflowManager
 from agentstack.workflows.serde import dumps
-from agentstack.workflows.store import ThreadRecord
 
-OWNER = "owner"
+ThreadId = Annotated[str, Depends(scoped_thread_id)]
+"""A path's thread id, as stored: the caller's own thread of that id."""
 
 
 class WorkflowRoute(APIRoute):
-    """Answers an unreachable Redis as 503: threads and runs live there."""
+    """Answers an unreachable Redis as 503 (threads and runs live there), and shows callers
+    their own thread ids (`thread_scope`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
             try:
-                return await handler(request)
+                return unscoped(await handler(request), scope_of(request))
             except (RedisConnectionError, RedisTimeoutError) as e:
                 raise ServiceUnavailable(
                     "Redis is unavailable: threads and graph runs are paused; retry shortly "
@@ -73,32 +77,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.stop()
 
 
-async def _check_owner(request: Request, principal: Caller) -> None:
-    """Another key's thread answers as missing, so thread ids leak nothing across tenants."""
-    thread_id = request.path_params.get("thread_id")
-    owner = owner_of(request)
-    if thread_id is None or owner is None:
-        return
-    record = await workflows_of(request).store.get_thread(thread_id)
-    if record is not None and not owns(record, owner):
-        raise WorkflowNotFound("thread", thread_id)
-
-
 router = APIRouter(lifespan=lifespan, route_class=WorkflowRoute, tags=["langgraph"],
-                   dependencies=[Depends(caller), Depends(_check_owner)])
+                   dependencies=[Depends(caller)])
 
 
 def workflows_of(request: Request) -> WorkflowManager:
     return request.app.state.workflows  # type: ignore[no-any-return]
-
-
-def owner_of(request: Request) -> str | None:
-    """The calling key's name when keys are on; None means one tenant, no ownership."""
-    return current_principal.get().name if request.app.state.keyring.enabled else None
-
-
-def owns(record: ThreadRecord, owner: str | None) -> bool:
-    return owner is None or record.metadata.get(OWNER) == owner
 
 
 def stamped(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -165,17 +149,17 @@ async def get_assistant_schemas(assistant_id: str, request: Request) -> Response
 
 @router.post("/threads")
 async def create_thread(body: ThreadCreate, request: Request) -> Response:
+    thread_id = await scoped_thread_id(request, body.thread_id or str(uuid.uuid4()))
     record = await workflows_of(request).create_thread(
-        thread_id=body.thread_id, metadata=stamped(request, body.metadata), if_exists=body.if_exists)
-    if not owns(record, owner_of(request)):
-        raise Conflict(f"thread {record.thread_id!r} already exists")
+        thread_id=thread_id, metadata=stamped(request, body.metadata), if_exists=body.if_exists)
     return json_response(record.as_api())
 
 
 @router.post("/threads/search")
 async def search_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
-        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status, ids=body.ids,
+        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status,
+        ids=[scope_of(request) + i for i in body.ids] if body.ids is not None else None,
         limit=body.limit, offset=body.offset, sort_by=body.sort_by, sort_order=body.sort_order)
     return json_response([r.as_api() for r in records])
 
@@ -183,7 +167,8 @@ async def search_threads(body: ThreadSearch, request: Request) -> Response:
 @router.post("/threads/count")
 async def count_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
-        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status, ids=body.ids,
+        metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status,
+        ids=[scope_of(request) + i for i in body.ids] if body.ids is not None else None,
         limit=1_000_000)
     return json_response(len(records))
 
@@ -194,50 +179,50 @@ def _owner_filter(request: Request, metadata: dict[str, Any] | None) -> dict[str
 
 
 @router.get("/threads/{thread_id}")
-async def get_thread(thread_id: str, request: Request) -> Response:
+async def get_thread(thread_id: ThreadId, request: Request) -> Response:
     return json_response((await workflows_of(request).thread(thread_id)).as_api())
 
 
 @router.patch("/threads/{thread_id}")
-async def patch_thread(thread_id: str, body: ThreadPatch, request: Request) -> Response:
+async def patch_thread(thread_id: ThreadId, body: ThreadPatch, request: Request) -> Response:
     metadata = stamped(request, body.metadata)
     return json_response((await workflows_of(request).update_thread(thread_id, metadata)).as_api())
 
 
 @router.delete("/threads/{thread_id}", status_code=204)
-async def delete_thread(thread_id: str, request: Request) -> Response:
+async def delete_thread(thread_id: ThreadId, request: Request) -> Response:
     await workflows_of(request).delete_thread(thread_id)
     return Response(status_code=204)
 
 
 @router.get("/threads/{thread_id}/state")
-async def get_state(thread_id: str, request: Request, subgraphs: bool = False) -> Response:
+async def get_state(thread_id: ThreadId, request: Request, subgraphs: bool = False) -> Response:
     return json_response(await workflows_of(request).state(thread_id, subgraphs=subgraphs))
 
 
 @router.get("/threads/{thread_id}/state/{checkpoint_id}")
-async def get_state_at(thread_id: str, checkpoint_id: str, request: Request, subgraphs: bool = False) -> Response:
+async def get_state_at(thread_id: ThreadId, checkpoint_id: str, request: Request, subgraphs: bool = False) -> Response:
     state = await workflows_of(request).state(
         thread_id, checkpoint={"checkpoint_id": checkpoint_id}, subgraphs=subgraphs)
     return json_response(state)
 
 
 @router.post("/threads/{thread_id}/state/checkpoint")
-async def post_state_at(thread_id: str, body: StateAtCheckpoint, request: Request) -> Response:
+async def post_state_at(thread_id: ThreadId, body: StateAtCheckpoint, request: Request) -> Response:
     state = await workflows_of(request).state(
         thread_id, checkpoint=body.checkpoint.model_dump(exclude_none=True), subgraphs=body.subgraphs)
     return json_response(state)
 
 
 @router.post("/threads/{thread_id}/state")
-async def update_state(thread_id: str, body: StateUpdate, request: Request) -> Response:
+async def update_state(thread_id: ThreadId, body: StateUpdate, request: Request) -> Response:
     result = await workflows_of(request).update_state(
         thread_id, body.values, as_node=body.as_node, checkpoint=body.checkpoint_dict())
     return json_response(result)
 
 
 @router.post("/threads/{thread_id}/history")
-async def post_history(thread_id: str, body: HistoryQuery, request: Request) -> Response:
+async def post_history(thread_id: ThreadId, body: HistoryQuery, request: Request) -> Response:
     states = await workflows_of(request).history(
         thread_id, limit=body.limit,
         before=body.before.model_dump(exclude_none=True) if body.before else None,
@@ -247,7 +232,7 @@ async def post_history(thread_id: str, body: HistoryQuery, request: Request) -> 
 
 
 @router.get("/threads/{thread_id}/history")
-async def get_history(thread_id: str, request: Request, limit: int = 10, before: str | None = None) -> Response:
+async def get_history(thread_id: ThreadId, request: Request, limit: int = 10, before: str | None = None) -> Response:
     states = await workflows_of(request).history(
         thread_id, limit=max(1, min(limit, 1000)), before={"checkpoint_id": before} if before else None)
     return json_response(states)
@@ -262,6 +247,7 @@ def _sse(request: Request, handle: RunHandle, *, after: int = -1, cancel_on_disc
     before `end` cancels the run if asked to."""
     always = {"metadata", "error", "end"}
     workflows = workflows_of(request)
+    scope = scope_of(request)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         ended = False
@@ -271,7 +257,8 @@ def _sse(request: Request, handle: RunHandle, *, after: int = -1, cancel_on_disc
                 mode = event.name.split("|")[0].split("/")[0]
                 if modes is None or event.name in always or mode in modes or (
                         mode == "messages" and "messages-tuple" in modes):
-                    yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep="\n")
+                    data = event.data.replace(scope, "") if scope else event.data
+                    yield ServerSentEvent(data=data, event=event.name, id=str(event.id), sep="\n")
         finally:
             if cancel_on_disconnect and not ended:
                 workflows.cancel_soon(handle)
@@ -305,7 +292,7 @@ async def _start(request: Request, thread_id: str | None, body: RunCreate) -> Ru
 
 
 @router.post("/threads/{thread_id}/runs", dependencies=[GenerationSlot])
-async def create_run(thread_id: str, body: RunCreate, request: Request) -> Response:
+async def create_run(thread_id: ThreadId, body: RunCreate, request: Request) -> Response:
     handle = await _start(request, thread_id, body)
     return json_response(handle.record.as_api(), headers={"Content-Location": run_path(handle)})
 
@@ -317,7 +304,7 @@ async def create_stateless_run(body: RunCreate, request: Request) -> Response:
 
 
 @router.post("/threads/{thread_id}/runs/stream", response_class=EventSourceResponse, dependencies=[GenerationSlot])
-async def stream_run(thread_id: str, body: RunCreate, request: Request) -> EventSourceResponse:
+async def stream_run(thread_id: ThreadId, body: RunCreate, request: Request) -> EventSourceResponse:
     handle = await _start(request, thread_id, body)
     return _sse(request, handle, cancel_on_disconnect=body.on_disconnect == "cancel")
 
@@ -329,7 +316,7 @@ async def stream_stateless_run(body: RunCreate, request: Request) -> EventSource
 
 
 @router.post("/threads/{thread_id}/runs/wait", dependencies=[GenerationSlot])
-async def wait_run(thread_id: str, body: RunCreate, request: Request) -> Response:
+async def wait_run(thread_id: ThreadId, body: RunCreate, request: Request) -> Response:
     handle = await _start(request, thread_id, body)
     return await _outcome_unless_disconnected(request, handle, cancel=body.on_disconnect == "cancel")
 
@@ -341,7 +328,7 @@ async def wait_stateless_run(body: RunCreate, request: Request) -> Response:
 
 
 @router.get("/threads/{thread_id}/runs")
-async def list_runs(thread_id: str, request: Request, limit: int = 10, offset: int = 0,
+async def list_runs(thread_id: ThreadId, request: Request, limit: int = 10, offset: int = 0,
                     status: str | None = None) -> Response:
     records = await workflows_of(request).runs(thread_id, limit=max(1, min(limit, 1000)),
                                                offset=max(0, offset), status=status)
@@ -349,12 +336,12 @@ async def list_runs(thread_id: str, request: Request, limit: int = 10, offset: i
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}")
-async def get_run(thread_id: str, run_id: str, request: Request) -> Response:
+async def get_run(thread_id: ThreadId, run_id: str, request: Request) -> Response:
     return json_response((await workflows_of(request).run_handle(thread_id, run_id)).record.as_api())
 
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
-async def delete_run(thread_id: str, run_id: str, request: Request) -> Response:
+async def delete_run(thread_id: ThreadId, run_id: str, request: Request) -> Response:
     await workflows_of(request).delete_run(thread_id, run_id)
     return Response(status_code=204)
 
@@ -362,21 +349,21 @@ async def delete_run(thread_id: str, run_id: str, request: Request) -> Response:
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202, response_class=Response,
              responses={202: {"description": "Cancellation requested"},
                         204: {"description": "Cancelled, and the run has ended (wait=true)"}})
-async def cancel_run(thread_id: str, run_id: str, request: Request, wait: bool = False,
+async def cancel_run(thread_id: ThreadId, run_id: str, request: Request, wait: bool = False,
                      action: Literal["interrupt", "rollback"] = "interrupt") -> Response:
     await workflows_of(request).cancel(thread_id, run_id, wait=wait, action=action)
     return Response(status_code=204 if wait else 202)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
-async def join_run(thread_id: str, run_id: str, request: Request) -> Response:
+async def join_run(thread_id: ThreadId, run_id: str, request: Request) -> Response:
     handle = await workflows_of(request).run_handle(thread_id, run_id)
     return await _outcome_unless_disconnected(request, handle, cancel=False)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream", response_class=EventSourceResponse)
 async def join_run_stream(
-    thread_id: str, run_id: str, request: Request, cancel_on_disconnect: bool = False,
+    thread_id: ThreadId, run_id: str, request: Request, cancel_on_disconnect: bool = False,
     stream_mode: Annotated[list[str] | None, Query()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:

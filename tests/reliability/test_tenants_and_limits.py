@@ -24,6 +24,35 @@ async def test_other_tenants_are_refused_and_share_no_cache(keyed: ServerProcess
     assert result.cross_tenant_cache_hit_tokens == 0
 
 
+async def test_thread_ids_are_per_tenant_and_reveal_nothing(keyed: ServerProcess) -> None:
+    """A key may create a thread with an id another key holds, as if it were free; each
+    sees only its own thread under that id, with the id it chose."""
+    a, b = bearer(TENANT_KEYS["tenant-a"]), bearer(TENANT_KEYS["tenant-b"])
+    async with httpx.AsyncClient(base_url=keyed.base_url, timeout=120) as client:
+        held = (await client.post("/threads", headers=a, json={"metadata": {"who": "a"}})).json()["thread_id"]
+        fresh = f"free-{held}"
+        as_taken = await client.post("/threads", headers=b, json={"thread_id": held, "metadata": {"who": "b"}})
+        as_free = await client.post("/threads", headers=b, json={"thread_id": fresh})
+        assert (as_taken.status_code, as_free.status_code) == (200, 200)
+        assert as_taken.json()["thread_id"] == held and as_free.json()["thread_id"] == fresh
+        assert set(as_taken.json()) == set(as_free.json())
+        again = await client.post("/threads", headers=b, json={"thread_id": held})
+        assert again.status_code == 409, "a key's own id is taken for that key"
+        mine = (await client.get(f"/threads/{held}", headers=a)).json()
+        theirs = (await client.get(f"/threads/{held}", headers=b)).json()
+        assert (mine["metadata"]["who"], theirs["metadata"]["who"]) == ("a", "b")
+        assert mine["thread_id"] == theirs["thread_id"] == held
+        found = (await client.post("/threads/search", headers=b, json={"ids": [held]})).json()
+        assert [(t["thread_id"], t["metadata"]["who"]) for t in found] == [(held, "b")]
+        ran = await client.post(f"/threads/{held}/runs/wait", headers=b, json={
+            "assistant_id": "tool_agent", "input": {"messages": [{"role": "user", "content": "What is 2 + 2?"}]}})
+        assert ran.status_code == 200, ran.text
+        assert (await client.get(f"/threads/{held}/state", headers=a)).json()["values"] == {}
+        state = (await client.get(f"/threads/{held}/state", headers=b)).json()
+        assert state["checkpoint"]["thread_id"] == held and state["values"]["messages"]
+        assert ran.headers["content-location"].startswith(f"/threads/{held}/runs/")
+
+
 async def test_auto_routes_only_to_roles_the_key_may_use(keyed: ServerProcess) -> None:
     """tenant-b may use `auto` but, of the gate's roles, only `assistant`: the gate picks
     among those, even for prompts it would send to the reasoner or the tool role."""

@@ -1,0 +1,66 @@
+"""Thread ids per tenant.
+
+With API keys on, the thread id a caller names is stored as `<scope>~<id>`, the scope
+being a digest of the caller's key name. Two keys may then use one id, and neither can
+learn whether the other did: creating a thread with an id another tenant holds succeeds
+as if the id were free, and reading it finds the caller's own thread or nothing. Graph
+runs, checkpoints and records all use the scoped id; the LangGraph routes remove the
+caller's scope from everything they send back, so callers only ever see their own ids.
+Without keys (one tenant) ids are stored as given.
+
+Threads created before ids were scoped keep their stored id and are still found by
+their owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import Request, Response
+from starlette.responses import StreamingResponse
+
+from agentstack.auth import current_principal
+
+OWNER = "owner"
+
+
+def owner_of(request: Request) -> str | None:
+    """The calling key's name when keys are on; None means one tenant, no ownership."""
+    return current_principal.get().name if request.app.state.keyring.enabled else None
+
+
+def scope_of(request: Request) -> str:
+    owner = owner_of(request)
+    if owner is None:
+        return ""
+    return hashlib.sha256(b"agentstack-thread-scope\x00" + owner.encode()).hexdigest()[:16] + "~"
+
+
+async def scoped_thread_id(request: Request, thread_id: str) -> str:
+    """The stored id of the caller's thread `thread_id` (the path's)."""
+    scope = scope_of(request)
+    if not scope:
+        return thread_id
+    store = request.app.state.workflows.store
+    scoped = scope + thread_id
+    if await store.get_thread(scoped) is None:
+        legacy = await store.get_thread(thread_id)
+        if legacy is not None and legacy.metadata.get(OWNER) == owner_of(request):
+            return thread_id
+    return scoped
+
+
+def unscoped(response: Response, scope: str) -> Response:
+    """A JSON response with the caller's scope removed from its body and headers (the
+    run streams remove it from each event themselves)."""
+    if not scope:
+        return response
+    if "content-location" in response.headers:
+        response.headers["content-location"] = response.headers["content-location"].replace(scope, "")
+    if isinstance(response, StreamingResponse) or not hasattr(response, "body"):
+        return response
+    body = bytes(response.body)
+    if scope.encode() in body:
+        response.body = body.replace(scope.encode(), b"")
+        response.headers["content-length"] = str(len(response.body))
+    return response
