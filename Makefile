@@ -17,7 +17,7 @@ BFCL_PKGS := bfcl-eval==2026.3.23 tree-sitter==0.21.3 tree-sitter-java==0.21.0 \
 	soundfile==0.14.0 tenacity==9.2.1 websocket-client==1.9.2 writer-sdk==3.0.0 \
 	cachetools==8.0.1 python-dotenv==1.2.4 distro==1.9.0
 
-.PHONY: setup run test test-reliability test-fast bench-engine bench-vllm gpu-check bench-serve bench-graph bench-cache bench-fuzz bench-load bench-security bench-faults \
+.PHONY: setup run test test-reliability test-fast bench-engine bench-vllm gpu-check bench-serve bench-graph bench-cache bench-fuzz bench-load bench-security bench-faults bench-replicas \
 	bench-reliability adapters reasoner gate eval-gate eval-bfcl clean
 
 $(STAMP): pyproject.toml Makefile
@@ -86,7 +86,10 @@ bench-security: setup
 bench-faults: setup
 	$(BIN)/agentstack bench faults
 
-bench-reliability: bench-fuzz bench-load bench-security bench-faults
+bench-replicas: setup
+	$(BIN)/agentstack bench replicas
+
+bench-reliability: bench-fuzz bench-load bench-security bench-faults bench-replicas
 
 adapters: setup
 	$(BIN)/agentstack adapters build
