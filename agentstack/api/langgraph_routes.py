@@ -14,6 +14,7 @@ searches filter on. A key runs only the graphs it may.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -40,7 +41,7 @@ from agentstack.api.security import GenerationSlot, caller
 from agentstack.api.sse import sse_response
 from agentstack.api.thread_scope import OWNER, owner_of, scope_of, scoped_thread_id, unscoped
 from agentstack.auth import current_principal
-from agentstack.errors import Forbidden, ServiceUnavailable
+from agentstack.errors import AgentstackError, Forbidden, ServiceUnavailable
 from agentstack.workflows import RunHandle, WorkflowManager
 from agentstack.workflows.serde import dumps
 
@@ -58,6 +59,10 @@ class WorkflowRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return unscoped(await handler(request), scope_of(request))
+            except AgentstackError as e:
+                if scope := scope_of(request):
+                    e.message = e.message.replace(scope, "")
+                raise
             except (RedisConnectionError, RedisTimeoutError) as e:
                 raise ServiceUnavailable(
                     "Redis is unavailable: threads and graph runs are paused; retry shortly "
@@ -159,7 +164,7 @@ async def create_thread(body: ThreadCreate, request: Request) -> Response:
 async def search_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
         metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status,
-        ids=[scope_of(request) + i for i in body.ids] if body.ids is not None else None,
+        ids=_scoped_ids(request, body.ids),
         limit=body.limit, offset=body.offset, sort_by=body.sort_by, sort_order=body.sort_order)
     return json_response([r.as_api() for r in records])
 
@@ -168,9 +173,18 @@ async def search_threads(body: ThreadSearch, request: Request) -> Response:
 async def count_threads(body: ThreadSearch, request: Request) -> Response:
     records = await workflows_of(request).search_threads(
         metadata=_owner_filter(request, body.metadata), values=body.values, status=body.status,
-        ids=[scope_of(request) + i for i in body.ids] if body.ids is not None else None,
+        ids=_scoped_ids(request, body.ids),
         limit=1_000_000)
     return json_response(len(records))
+
+
+def _scoped_ids(request: Request, ids: list[str] | None) -> list[str] | None:
+    """Ids as stored: scoped, or as given for threads created before ids were scoped (the
+    owner filter keeps those to the caller's own)."""
+    if ids is None:
+        return None
+    scope = scope_of(request)
+    return [*ids, *(scope + i for i in ids)] if scope else ids
 
 
 def _owner_filter(request: Request, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -259,9 +273,10 @@ def _sse(request: Request, handle: RunHandle, *, after: int = -1, cancel_on_disc
                         mode == "messages" and "messages-tuple" in modes):
                     data = event.data.replace(scope, "") if scope else event.data
                     yield ServerSentEvent(data=data, event=event.name, id=str(event.id), sep="\n")
-        finally:
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away
             if cancel_on_disconnect and not ended:
                 workflows.cancel_soon(handle)
+            raise
 
     return sse_response(events(), drain_s=request.app.state.service.settings.shutdown_grace_s,
                         headers={"Content-Location": run_path(handle)})

@@ -6,7 +6,8 @@ learn whether the other did: creating a thread with an id another tenant holds s
 as if the id were free, and reading it finds the caller's own thread or nothing. Graph
 runs, checkpoints and records all use the scoped id; the LangGraph routes remove the
 caller's scope from everything they send back, so callers only ever see their own ids.
-Without keys (one tenant) ids are stored as given.
+Without keys (one tenant) ids are stored as given; with keys, an id may not contain the
+separator `~` (so no caller can name another scope's stored id).
 
 Threads created before ids were scoped keep their stored id and are still found by
 their owner.
@@ -20,8 +21,11 @@ from fastapi import Request, Response
 from starlette.responses import StreamingResponse
 
 from agentstack.auth import current_principal
+from agentstack.errors import InvalidRequest
+from agentstack.workflows import WorkflowNotFound
 
 OWNER = "owner"
+SEPARATOR = "~"
 
 
 def owner_of(request: Request) -> str | None:
@@ -33,19 +37,26 @@ def scope_of(request: Request) -> str:
     owner = owner_of(request)
     if owner is None:
         return ""
-    return hashlib.sha256(b"agentstack-thread-scope\x00" + owner.encode()).hexdigest()[:16] + "~"
+    return hashlib.sha256(b"agentstack-thread-scope\x00" + owner.encode()).hexdigest()[:16] + SEPARATOR
 
 
 async def scoped_thread_id(request: Request, thread_id: str) -> str:
-    """The stored id of the caller's thread `thread_id` (the path's)."""
+    """The stored id of the caller's thread `thread_id` (the path's or the body's)."""
     scope = scope_of(request)
     if not scope:
         return thread_id
+    if SEPARATOR in thread_id:
+        raise InvalidRequest(f"thread ids may not contain {SEPARATOR!r}", param="thread_id")
     store = request.app.state.workflows.store
+    owner = owner_of(request)
     scoped = scope + thread_id
-    if await store.get_thread(scoped) is None:
+    found = await store.get_thread(scoped)
+    if found is not None and found.metadata.get(OWNER) != owner:
+        # Only an id planted before ids were scoped (or while keys were off) gets here.
+        raise WorkflowNotFound("thread", thread_id)
+    if found is None:
         legacy = await store.get_thread(thread_id)
-        if legacy is not None and legacy.metadata.get(OWNER) == owner_of(request):
+        if legacy is not None and legacy.metadata.get(OWNER) == owner:
             return thread_id
     return scoped
 

@@ -83,6 +83,12 @@ class RunHandle:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     holds_thread: bool = False
     lost: bool = False
+    finishing: bool = False
+
+    def cancel(self) -> None:
+        """Stop the run's task, unless it is already recording its end (which must finish)."""
+        if self.task is not None and not self.finishing:
+            self.task.cancel()
 
 
 def _checkpoint_json(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -158,7 +164,6 @@ class WorkflowManager:
         self._ownership: Ownership | None = None
         self._runs: dict[str, RunHandle] = {}
         self._background: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
 
     @property
     def store(self) -> WorkflowStore:
@@ -191,8 +196,7 @@ class WorkflowManager:
     async def stop(self) -> None:
         active = [h for h in self._runs.values() if h.task is not None]
         for handle in active:
-            assert handle.task is not None
-            handle.task.cancel()
+            handle.cancel()
         if active:
             await asyncio.wait([asyncio.ensure_future(h.finished.wait()) for h in active], timeout=30)
         for task in self._background:
@@ -219,10 +223,10 @@ class WorkflowManager:
                 held = {run_id: h.record.thread_id if h.holds_thread else None for run_id, h in self._runs.items()}
                 for run_id in await self.ownership.renew(held):
                     handle = self._runs.get(run_id)
-                    if handle is not None and handle.task is not None:
+                    if handle is not None and handle.task is not None and not handle.finishing:
                         logger.warning("run %s: its lease lapsed and another replica settled it; stopping it", run_id)
                         handle.lost = True
-                        handle.task.cancel()
+                        handle.cancel()
                 if loop.time() >= sweep_at:
                     await self.settle_lost()
                     sweep_at = loop.time() + lease_s / 2
@@ -241,8 +245,8 @@ class WorkflowManager:
                         if message["type"] != "message":
                             continue
                         handle = self._runs.get(message["data"].decode())
-                        if handle is not None and handle.task is not None:
-                            handle.task.cancel()
+                        if handle is not None:
+                            handle.cancel()
             except Exception as e:  # Redis away: retry
                 logger.warning("following run cancellations paused: %s: %s", type(e).__name__, e)
                 await asyncio.sleep(1.0)
@@ -391,25 +395,24 @@ class WorkflowManager:
         if unknown:
             raise WorkflowRequestError(f"unknown stream_mode {sorted(unknown)}")
         temporary = thread_id is None
-        async with self._lock:
-            thread = await self._thread_for_run(thread_id, spec)
-            record = RunRecord(run_id=str(uuid.uuid4()), thread_id=thread.thread_id,
-                               assistant_id=entry.assistant_id, metadata=dict(spec.metadata or {}),
-                               multitask_strategy=spec.multitask_strategy)
-            handle = RunHandle(record=record, log=self._log(record.run_id), temporary_thread=temporary)
+        thread = await self._thread_for_run(thread_id, spec)
+        record = RunRecord(run_id=str(uuid.uuid4()), thread_id=thread.thread_id,
+                           assistant_id=entry.assistant_id, metadata=dict(spec.metadata or {}),
+                           multitask_strategy=spec.multitask_strategy)
+        handle = RunHandle(record=record, log=self._log(record.run_id), temporary_thread=temporary)
+        # Leased first: a run in a thread's queue or recorded as active always has an owner.
+        await self.ownership.lease(record.run_id)
+        try:
             handle.holds_thread = await self._take_thread(thread.thread_id, record.run_id, spec.multitask_strategy)
             thread.status = "busy"
             thread.metadata.update(graph_id=entry.graph_id, assistant_id=entry.assistant_id)
-            try:
-                # Leased before it is recorded as active, so no replica's sweep finds it unowned.
-                await self.ownership.lease(record.run_id)
-                await self.store.put_thread(thread, created=temporary)
-                await self.store.put_run(record, created=True)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self.ownership.release(record.run_id, thread.thread_id)
-                raise
-            self._runs[record.run_id] = handle
+            await self.store.put_thread(thread, created=temporary)
+            await self.store.put_run(record, created=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.ownership.release(record.run_id, thread.thread_id)
+            raise
+        self._runs[record.run_id] = handle
         handle.task = asyncio.create_task(self._execute(handle, entry, spec), name=f"run-{record.run_id}")
         return handle
 
@@ -442,11 +445,20 @@ class WorkflowManager:
         """Cancel a run on whichever replica runs it and wait for its end."""
         handle = self._runs.get(run_id)
         if handle is not None and handle.task is not None:
-            handle.task.cancel()
+            handle.cancel()
             await handle.finished.wait()
         else:
-            await self.ownership.request_cancel(run_id)
-            await self._log(run_id).wait_end(ended=lambda: self._ended(run_id))
+            # A cancel is one message; a replica that was reconnecting to Redis missed it,
+            # so it is sent again each lease period until the run ends.
+            log = self._log(run_id)
+            while True:
+                await self.ownership.request_cancel(run_id)
+                try:
+                    await asyncio.wait_for(log.wait_end(ended=lambda: self._ended(run_id)),
+                                           self.service.settings.run_lease_s)
+                    break
+                except TimeoutError:
+                    continue
         if delete and (record := await self.store.get_run(run_id)) is not None:
             await self.store.delete_run(record)
 
@@ -503,7 +515,10 @@ class WorkflowManager:
             record.status = "error"
             record.error = {"error": type(e).__name__, "message": str(e)}
         finally:
-            await self._finish(handle, entry, spec)
+            handle.finishing = True
+            # Shielded: a second cancel (a client leaving, a lease check) must not cut the
+            # records and the log's `end` in half.
+            await asyncio.shield(self._finish(handle, entry, spec))
             metrics = self.service.metrics
             metrics.workflow_runs.labels(entry.graph_id, record.status).inc()
             metrics.workflow_run_latency.labels(entry.graph_id).observe(time.perf_counter() - started)
@@ -580,7 +595,7 @@ class WorkflowManager:
     def cancel_soon(self, handle: RunHandle) -> None:
         """Cancel without waiting (a client went away): here if it runs here, else by message."""
         if handle.task is not None:
-            handle.task.cancel()
+            handle.cancel()
         elif handle.record.status not in FINISHED:
             task = asyncio.create_task(self.ownership.request_cancel(handle.record.run_id))
             self._background.append(task)
@@ -598,7 +613,7 @@ class WorkflowManager:
         if wait or action == "rollback":
             await self._stop_run(run_id, delete=action == "rollback")
         elif handle.task is not None:
-            handle.task.cancel()
+            handle.cancel()
         elif handle.record.status not in FINISHED:
             await self.ownership.request_cancel(run_id)
 

@@ -17,9 +17,14 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-# Take the lock if the thread's queue is empty or names this run first.
+# Take the lock if the thread's queue is empty or names this run first. Queued runs
+# without a lease (their replica died before recording them) are dropped from the head.
 _ACQUIRE = """
 local head = redis.call('LINDEX', KEYS[2], 0)
+while head and head ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. head) == 0 do
+  redis.call('LPOP', KEYS[2])
+  head = redis.call('LINDEX', KEYS[2], 0)
+end
 if head and head ~= ARGV[1] then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 if head then redis.call('LPOP', KEYS[2]) end
@@ -131,7 +136,7 @@ class Ownership:
     async def acquire(self, thread_id: str, run_id: str) -> bool:
         """Make `run_id` the thread's run, if the thread is free and no queued run comes first."""
         taken = await self._acquire(keys=[self._lock_key(thread_id), self._queue_key(thread_id)],
-                                    args=[run_id, self.lease_ms])
+                                    args=[run_id, self.lease_ms, self._lease_key("")])
         return bool(taken)
 
     async def enqueue(self, thread_id: str, run_id: str) -> None:

@@ -12,11 +12,14 @@ retention, and a reader of a finished run whose log expired gets `end` alone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentstack.workflows.serde import dumps
 
@@ -71,14 +74,23 @@ class RunLog:
                      ended: Callable[[], Awaitable[dict[str, Any] | None]]) -> AsyncIterator[Event]:
         """Every event after id `after`, then the live ones, through `end`.
 
-        `ended` is asked when the stream is absent for a while: it returns the `end`
-        data of a run that finished (its log expired or was never written) or None
-        for a run still to come (queued, not yet started)."""
+        `ended` is asked when no event came for a poll: it returns the `end` data of a
+        run that finished (its log expired, or was never ended) or None for a run still
+        going or to come (queued, not yet started)."""
         last = f"0-{after + 1}"
+        idle_and_finished = 0
         while True:
-            reply = await self._client.xread({self.key: last}, count=READ_BATCH, block=self._poll_ms)
+            try:
+                reply = await self._client.xread({self.key: last}, count=READ_BATCH, block=self._poll_ms)
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(self._poll_ms / 1000)  # Redis away: the run's readers wait, not fail
+                continue
             if not reply:
-                if not await self._client.exists(self.key) and (data := await ended()) is not None:
+                data = await ended()
+                idle_and_finished = idle_and_finished + 1 if data is not None else 0
+                # A finished run whose log lacks `end` (its writer died between recording the
+                # outcome and ending the log) ends after a second quiet poll.
+                if data is not None and (idle_and_finished > 1 or not await self._client.exists(self.key)):
                     yield Event(after + 1, END, dumps(data))
                     return
                 continue

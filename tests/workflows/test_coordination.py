@@ -70,9 +70,27 @@ async def test_a_finished_run_whose_log_expired_still_ends_its_readers(client: a
     assert [(e.name, json.loads(e.data)) for e in events] == [("end", {"status": "success"})]
 
 
+async def test_a_log_its_writer_never_ended_still_ends_once_the_run_is_recorded_finished(
+        client: aioredis.Redis) -> None:
+    log = RunLog(client, f"log-{uuid.uuid4()}", retention_s=60, poll_s=0.1)
+    await log.emit("metadata", {})
+    finished: dict[str, str] | None = None
+
+    async def ended() -> dict[str, str] | None:
+        return finished
+
+    reader = asyncio.ensure_future(log.wait_end(ended=ended))
+    await asyncio.sleep(0.5)
+    assert not reader.done(), "a run still going must keep its readers"
+    finished = {"status": "error"}
+    await asyncio.wait_for(reader, 2)
+
+
 async def test_a_thread_runs_one_run_at_a_time_and_queued_runs_in_order(client: aioredis.Redis, prefix: str) -> None:
     one = Ownership(client, prefix=prefix, replica="one", lease_s=30)
     two = Ownership(client, prefix=prefix, replica="two", lease_s=30)
+    for owner, run_id in ((one, "r1"), (two, "r2"), (one, "r3")):
+        await owner.lease(run_id)
     assert await one.acquire("t", "r1")
     assert not await two.acquire("t", "r2")
     await two.enqueue("t", "r2")
@@ -86,6 +104,16 @@ async def test_a_thread_runs_one_run_at_a_time_and_queued_runs_in_order(client: 
     assert await one.acquire("t", "r3")
     await one.release("r3", "t")
     assert await one.thread_runs("t") == []
+
+
+async def test_a_queued_run_whose_replica_died_unrecorded_does_not_block_the_thread(
+        client: aioredis.Redis, prefix: str) -> None:
+    one = Ownership(client, prefix=prefix, replica="one", lease_s=30)
+    await one.enqueue("t", "never-leased")
+    await one.lease("next")
+    await one.enqueue("t", "next")
+    assert await one.acquire("t", "next")
+    assert await one.thread_runs("t") == ["next"]
 
 
 async def test_a_lease_another_replica_took_is_reported_lost(client: aioredis.Redis, prefix: str) -> None:
