@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agentstack.chat.requests import ChatCompletionRequest, ChatMessage, SamplingFields, Tool, ToolCall
+from agentstack.chat.requests import (
+    ChatCompletionRequest,
+    ChatMessage,
+    NamedToolChoice,
+    SamplingFields,
+    Tool,
+    ToolCall,
+)
 from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
 from agentstack.chat.tool_prompts import plain_turns
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
@@ -220,13 +227,21 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
                        param="model")
     if not body.tools or body.tool_choice == "none":
         raise InvalidRequest(f"model `{TOOL_CALLING_MODEL}` needs `tools`", param="tools")
-    outcome = await select_and_fill(service, conversation_turns(body.messages), tool_dicts(body.tools) or [])
+    named = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
+    if named is not None and named not in {t.function.name for t in body.tools}:
+        raise InvalidRequest("tool_choice names a function that is not in tools", param="tool_choice")
+    outcome = await select_and_fill(service, conversation_turns(body.messages), tool_dicts(body.tools) or [],
+                                    named=named)
     if outcome.calls:
         return ReadyToolCalls(outcome.openai_tool_calls(),
                               TokenUsage(outcome.prompt_tokens, outcome.generated_tokens))
-    # No function applies: the base model answers, still reading the tools so that any
-    # call it writes comes back parsed, never as call markup in the text.
-    return _generation(service, service.resolve(service.base_name), body)
+    base = service.resolve(service.base_name)
+    if body.tool_choice in (None, "auto"):
+        # The selector found no function that applies: that is the decision, so the base
+        # model answers in words, without the tools in its prompt.
+        return _generation(service, base, body.model_copy(update={"tools": None, "tool_choice": None}))
+    # `required` or a named function: a call the base model writes under guided decoding.
+    return _generation(service, base, body)
 
 
 async def _routed(service: Service, body: ChatCompletionRequest) -> tuple[RouteDecision, Generation]:

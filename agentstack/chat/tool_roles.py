@@ -55,13 +55,18 @@ class ToolCallOutcome:
 
 
 async def select_and_fill(
-    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
+    *, named: str | None = None,
 ) -> ToolCallOutcome:
-    """Selector names the functions; one arguments pass per name runs concurrently."""
+    """Selector names the functions (or none); one arguments pass per name runs
+    concurrently. A caller that `named` the function skips the selector."""
     outcome = ToolCallOutcome(calls=[])
-    selection = await completer.complete(SELECTOR_ROLE, selector_messages(messages, tools), SELECTOR_MAX_TOKENS)
-    outcome.add(SELECTOR_ROLE, selection)
-    outcome.selected = parse_selection(selection.text, tools)
+    if named is not None:
+        outcome.selected = [named]
+    else:
+        selection = await completer.complete(SELECTOR_ROLE, selector_messages(messages, tools), SELECTOR_MAX_TOKENS)
+        outcome.add(SELECTOR_ROLE, selection)
+        outcome.selected = parse_selection(selection.text, tools)
     fills = await asyncio.gather(*(
         completer.complete(ARGUMENTS_ROLE, arguments_messages(messages, tools, name), CALLS_MAX_TOKENS)
         for name in outcome.selected

@@ -86,6 +86,21 @@ def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) 
     assert [c.function.name for c in streamed] == ["get_weather"]
 
 
+def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
+    """`required` and a named function always get a call, a named one of that function
+    (without asking the selector) even when the question is about something else."""
+    joke = [{"role": "user", "content": "Tell me a short joke about cats."}]
+    named = client.chat.completions.create(
+        model="tool-calling", messages=joke, tools=TOOLS, temperature=0,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert named.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in named.choices[0].message.tool_calls or []] == ["get_weather"]
+    required = client.chat.completions.create(
+        model="tool-calling", messages=joke, tools=[WEATHER_TOOL], temperature=0,  # type: ignore[arg-type]
+        tool_choice="required")
+    assert required.choices[0].message.tool_calls, required.choices[0].message
+
+
 def test_tool_calling_reads_a_tool_result_and_never_answers_in_call_markup(client: openai.OpenAI) -> None:
     """After a tool result the workflow either calls again (parsed) or answers in words."""
     conversation = [
