@@ -564,11 +564,16 @@ def eval_bfcl(
     mode: Annotated[list[str], typer.Option(help="base, single or roles; repeat for several.")] = ["roles"],
     limit: Annotated[Optional[int], typer.Option(help="First N examples of each category.")] = None,
     concurrency: Annotated[int, typer.Option(help="Examples in flight at once.")] = 8,
+    shuffle: Annotated[Optional[int], typer.Option(
+        help="List each example's functions in an order shuffled with this seed.")] = None,
+    toolbox: Annotated[Optional[int], typer.Option(
+        help="List each example's functions among distractors, up to this many listing tokens.", min=1)] = None,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     roles: RolesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
 ) -> None:
-    """AST accuracy on BFCL through the serving engine, scored by bfcl-eval's checker."""
+    """AST accuracy on BFCL through the serving engine, scored by bfcl-eval's checker; the
+    report is rewritten as each category and mode finishes."""
     from agentstack.offline.bfcl.dataset import UnknownCategory, load_category
     from agentstack.offline.bfcl.evaluate import EvalConfig, EvalMode, evaluate, write_report
 
@@ -579,20 +584,22 @@ def eval_bfcl(
     except (ValueError, UnknownCategory) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
-    config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency)
+    config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency,
+                        shuffle_seed=shuffle, toolbox_tokens=toolbox)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
-        scores = asyncio.run(_run_with_service(_settings(roles_file=roles),
-                                               lambda service: evaluate(service, config, quiet=as_json)))
+        scores = asyncio.run(_run_with_service(_settings(roles_file=roles), lambda service: evaluate(
+            service, config, quiet=as_json, on_score=lambda so_far: write_report(so_far, report_dir))))
         report, plot = write_report(scores, report_dir)
     if as_json:
         for score in scores:
             print(json.dumps(score.summary()))
         return
-    table = Table("category", "mode", "correct", "accuracy", "generated tokens", "wall s",
-                  title="BFCL AST accuracy")
+    table = Table("category", "mode", "listing", "correct", "accuracy", "position spread", "generated tokens",
+                  "wall s", title="BFCL AST accuracy")
     for score in scores:
-        table.add_row(score.category, score.mode.value, f"{score.correct}/{score.n}",
-                      f"{score.accuracy:.1%}", str(score.generated_tokens), f"{score.wall_s:.1f}")
+        spread = f"{score.position_spread:.0%}" if score.position_spread is not None else "-"
+        table.add_row(score.category, score.mode.value, score.listing, f"{score.correct}/{score.n}",
+                      f"{score.accuracy:.1%}", spread, str(score.generated_tokens), f"{score.wall_s:.1f}")
     console.print(table)
     console.print(f"report: {report}  plot: {plot}")
 

@@ -5,6 +5,10 @@ by bfcl-eval's AST checker, for three ways of serving the same backbone:
             with `tools` and `tool_choice: auto` is served;
 - `single`: one adapter trained to write every call at once;
 - `roles`:  the selector adapter, then the arguments adapter once per chosen function.
+
+Listings can be reordered (`shuffle_seed`) or padded with distractors up to a token size
+(`toolbox_tokens`), both seeded per example (`listings`), so a position bias and long
+toolboxes show in the scores; accuracy is also kept per position of the right function.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import enum
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,12 @@ from agentstack.api.schemas import ChatMessage, Tool
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
 from agentstack.offline.bfcl.checker import check
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
+from agentstack.offline.bfcl.listings import (
+    among_distractors,
+    answer_position,
+    distractor_pool,
+    shuffled,
+)
 from agentstack.chat.template import parse_reply, render_messages
 from agentstack.service import PromptTooLong, Service
 from agentstack.chat.tool_roles import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
@@ -42,6 +52,14 @@ class EvalConfig:
     modes: tuple[EvalMode, ...] = (EvalMode.BASE, EvalMode.SINGLE, EvalMode.ROLES)
     limit: int | None = None
     concurrency: int = 8
+    shuffle_seed: int | None = None
+    toolbox_tokens: int | None = None
+
+    @property
+    def listing(self) -> str:
+        parts = ([f"shuffled (seed {self.shuffle_seed})"] if self.shuffle_seed is not None else []) + (
+            [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else [])
+        return ", ".join(parts) or "as given"
 
 
 @dataclass(slots=True)
@@ -54,15 +72,30 @@ class CategoryScore:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     wall_s: float = 0.0
+    listing: str = "as given"
+    by_position: dict[int, list[int]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
+    def position_accuracy(self, min_n: int = 5) -> dict[int, float]:
+        """Accuracy by 0-based position of the right function, where it was there `min_n`+ times."""
+        return {p: c / n for p, (n, c) in sorted(self.by_position.items()) if n >= min_n}
+
+    @property
+    def position_spread(self) -> float | None:
+        """Best minus worst position's accuracy: 0 for a selector that reads, not counts."""
+        accuracy = self.position_accuracy()
+        return max(accuracy.values()) - min(accuracy.values()) if len(accuracy) > 1 else None
+
     def summary(self) -> dict[str, Any]:
-        return {"category": self.category, "mode": self.mode.value, "n": self.n,
-                "correct": self.correct, "accuracy": round(self.accuracy, 4)}
+        spread = self.position_spread
+        return {"category": self.category, "mode": self.mode.value, "listing": self.listing, "n": self.n,
+                "correct": self.correct, "accuracy": round(self.accuracy, 4),
+                "by_position": {str(p): [n, c] for p, (n, c) in sorted(self.by_position.items())},
+                "position_spread": round(spread, 4) if spread is not None else None}
 
 
 def eval_examples(category: str, limit: int | None) -> tuple[str, list[BfclExample]]:
@@ -70,6 +103,17 @@ def eval_examples(category: str, limit: int | None) -> tuple[str, list[BfclExamp
     part = "dev" if category in TRAIN_CATEGORIES else "all"
     chosen = examples(category, part)
     return part, chosen[:limit] if limit else chosen
+
+
+def listed(chosen: list[BfclExample], config: EvalConfig, count_tokens: Callable[[str], int]) -> list[BfclExample]:
+    """The examples with their functions listed as `config` asks."""
+    if config.toolbox_tokens:
+        pool = distractor_pool()
+        chosen = [among_distractors(e, pool, config.toolbox_tokens, count_tokens, config.shuffle_seed or 0)
+                  for e in chosen]
+    if config.shuffle_seed is not None:
+        chosen = [shuffled(e, config.shuffle_seed) for e in chosen]
+    return chosen
 
 
 async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutcome:
@@ -116,7 +160,10 @@ async def score_category(
     service: Service, category: str, mode: EvalMode, config: EvalConfig, progress: Progress | None
 ) -> CategoryScore:
     part, chosen = eval_examples(category, config.limit)
-    score = CategoryScore(category=category, mode=mode, part=part)
+    assert service.engine is not None
+    tokenizer = service.engine.tokenizer
+    chosen = listed(chosen, config, lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+    score = CategoryScore(category=category, mode=mode, part=part, listing=config.listing)
     gate = asyncio.Semaphore(config.concurrency)
     task = progress.add_task(f"{mode.value:>6} {category}", total=len(chosen)) if progress else None
 
@@ -131,6 +178,10 @@ async def score_category(
         verdict = check(example, outcome.calls)
         score.n += 1
         score.correct += verdict.correct
+        if (position := answer_position(example)) is not None:
+            tally = score.by_position.setdefault(position, [0, 0])
+            tally[0] += 1
+            tally[1] += verdict.correct
         score.prompt_tokens += outcome.prompt_tokens
         score.generated_tokens += outcome.generated_tokens
         if not verdict.correct:
@@ -145,14 +196,18 @@ async def score_category(
     return score
 
 
-async def evaluate(service: Service, config: EvalConfig, *, quiet: bool = False) -> list[CategoryScore]:
-    """Every (category, mode) pair, modes interleaved per category so drift hits all alike."""
+async def evaluate(service: Service, config: EvalConfig, *, quiet: bool = False,
+                   on_score: Callable[[list[CategoryScore]], Any] | None = None) -> list[CategoryScore]:
+    """Every (category, mode) pair, modes interleaved per category so drift hits all alike;
+    `on_score` sees the scores so far after each pair (a long run reports as it goes)."""
     scores: list[CategoryScore] = []
     with Progress(TextColumn("[bold]eval bfcl[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=quiet) as progress:
         for category in config.categories:
             for mode in config.modes:
                 scores.append(await score_category(service, category, mode, config, progress))
+                if on_score is not None:
+                    on_score(scores)
     return scores
 
 
@@ -175,15 +230,18 @@ def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Pat
     )
     rows = [
         [s.category + (" (trained, dev split)" if s.part == "dev" else " (never trained)"),
-         s.mode.value, f"{s.correct}/{s.n}", f"{s.accuracy:.1%}", s.prompt_tokens, s.generated_tokens,
-         f"{s.wall_s:.1f}", f"{s.n / s.wall_s:.2f}" if s.wall_s else "-"]
+         s.mode.value, s.listing, f"{s.correct}/{s.n}", f"{s.accuracy:.1%}",
+         " ".join(f"{p + 1}:{a:.0%}" for p, a in s.position_accuracy().items()) or "-",
+         f"{s.position_spread:.0%}" if s.position_spread is not None else "-",
+         s.prompt_tokens, s.generated_tokens, f"{s.wall_s:.1f}"]
         for s in scores
     ]
     text = (
         "# BFCL evaluation\n\n"
-        "Scored by bfcl-eval's AST checker; each row ran through the serving engine.\n\n"
-        + markdown_table(["category", "mode", "correct", "accuracy", "prompt tokens", "generated tokens",
-                          "wall s", "requests/s"], rows)
+        "Scored by bfcl-eval's AST checker; each row ran through the serving engine. By position:\n"
+        "accuracy by the place of the right function in the listing (1 = first; 5+ examples).\n\n"
+        + markdown_table(["category", "mode", "listing", "correct", "accuracy", "by position", "spread",
+                          "prompt tokens", "generated tokens", "wall s"], rows)
         + f"\n\n![accuracy]({plot.name})\n"
     )
     report = report_dir / "eval-bfcl.md"
