@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, UnknownCategory, examples, load_category, load_split
-from agentstack.offline.bfcl.training_data import ToolRole, role_chats, train_examples
+from agentstack.offline.bfcl.listings import listing_tokens
+from agentstack.offline.bfcl.training_data import (
+    LONG_TOOLBOX_TOKENS,
+    ToolRole,
+    approx_tokens,
+    listed_examples,
+    role_chats,
+    train_examples,
+)
 from agentstack.chat.tool_prompts import NONE_SELECTED, function_names, parse_calls, parse_selection
 
 
@@ -35,24 +45,60 @@ def test_every_single_turn_category_loads_and_others_are_refused() -> None:
 
 
 def test_role_data_teaches_the_reference_answer() -> None:
-    pool = [e for e in train_examples() if e.category == "parallel_multiple"][:5]
-    for example, chat in zip(pool, role_chats(ToolRole.SELECTOR, pool)):
-        names = [c["name"] for c in example.reference_calls()]
-        assert parse_selection(chat["messages"][-1]["content"], example.functions) == list(dict.fromkeys(names))
+    pool = [e for e in train_examples() if e.category == "parallel_multiple"][:8]
+    items = {i.id: i for i in listed_examples(pool)}
+    for example in pool:
+        item = items[example.id]
+        assert len(item.calls) == len(example.reference_calls()) and set(function_names(item.functions)) >= {
+            c["name"] for c in item.calls}
+    for chat in role_chats(ToolRole.SELECTOR, pool):
+        item = items[chat["id"]]
+        expected = list(dict.fromkeys(c["name"] for c in item.calls)) or []
+        assert parse_selection(chat["messages"][-1]["content"], item.functions) == expected
     for chat in role_chats(ToolRole.ARGUMENTS, pool):
-        example = next(e for e in pool if chat["id"].startswith(e.id + ":"))
-        name = chat["id"].split(":", 1)[1]
+        item_id, name = chat["id"].rsplit(":", 1)
+        item = items[item_id]
         assert chat["messages"][-2] == {"role": "user", "content": f"Call {name}."}
-        calls = parse_calls(chat["messages"][-1]["content"], example.functions)
-        assert calls == [c for c in example.reference_calls() if c["name"] == name]
+        calls = parse_calls(chat["messages"][-1]["content"], item.functions)
+        assert calls == [c for c in item.calls if c["name"] == name]
 
 
-def test_negative_examples_pair_a_question_with_unrelated_functions() -> None:
+def test_listings_put_the_answer_everywhere_among_distractors_some_long() -> None:
+    items = [i for i in listed_examples(train_examples()) if i.calls]
+    positions = Counter(function_names(i.functions).index(i.calls[0]["name"]) for i in items)
+    assert len(positions) >= 6 and positions[0] < 0.5 * len(items), positions
+    sizes = [listing_tokens(i.functions, approx_tokens) for i in items]
+    long = [s for s in sizes if s >= 0.7 * LONG_TOOLBOX_TOKENS]
+    assert 0.05 * len(items) < len(long) < 0.3 * len(items) and max(sizes) <= LONG_TOOLBOX_TOKENS + 400
+    assert all(len(set(function_names(i.functions))) == len(i.functions) for i in items)
+
+
+def test_masked_examples_name_nothing_the_question_could_match() -> None:
     pool = train_examples()
-    negatives = [c for c in role_chats(ToolRole.SINGLE, pool) if c["id"].endswith(":none")]
-    assert negatives and all(c["messages"][-1]["content"] == NONE_SELECTED for c in negatives)
+    items = {i.id: i for i in listed_examples(pool)}
+    masked = [e for e in pool if items[e.id].calls and items[e.id].calls[0]["name"].startswith("fn_")]
+    assert 0.1 * len(pool) < len(masked) < 0.3 * len(pool)
+    for example in masked:
+        item = items[example.id]
+        assert not set(function_names(example.functions)) & set(function_names(item.functions))
+        by_name = {f["name"]: f for f in item.functions}
+        for call in item.calls:
+            properties = by_name[call["name"]]["parameters"].get("properties", {})
+            assert set(call["arguments"]) <= set(properties)
+            assert all(key.startswith("p_") for key in call["arguments"])
+
+
+def test_irrelevant_examples_list_everything_but_the_questions_functions() -> None:
+    pool = train_examples()
     by_id = {e.id: e for e in pool}
-    for chat in negatives[:20]:
+    negatives = [c for c in role_chats(ToolRole.SINGLE, pool) if c["id"].endswith(":none")]
+    assert 0.1 * len(pool) < len(negatives) < 0.3 * len(pool)
+    assert all(c["messages"][-1]["content"] == NONE_SELECTED for c in negatives)
+    selector = [c for c in role_chats(ToolRole.SELECTOR, pool) if c["id"].endswith(":none")]
+    assert [c["id"] for c in selector] == [c["id"] for c in negatives]
+    assert not [c for c in role_chats(ToolRole.ARGUMENTS, pool) if ":none" in c["id"]]
+    for chat in negatives:
         own = set(function_names(by_id[chat["id"].removesuffix(":none")].functions))
         listed = chat["messages"][0]["content"]
+        assert "You can call these functions" in listed
         assert not any(f"\n{name}:" in listed for name in own)
