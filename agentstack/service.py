@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -398,10 +398,12 @@ class Service:
             else:
                 self.metrics.requests_aborted.labels(role.name).inc()
 
-    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion:
+    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int,
+                       *, json_schema: dict[str, Any] | None = None) -> Completion:
         """Greedy completion of exactly these messages by a role (no role system prompt added),
-        for in-process workflows and evaluations."""
+        for in-process workflows and evaluations; `json_schema` constrains the reply to it."""
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         assert self.engine is not None
         resolved = self.resolve(role)
@@ -409,7 +411,8 @@ class Service:
         room = self.settings.max_model_len - len(prompt_ids)
         if room <= 0:
             raise PromptTooLong(f"{len(prompt_ids)} prompt tokens, context is {self.settings.max_model_len}")
-        params = SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room))
+        params = SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room),
+                                structured_outputs=StructuredOutputsParams(json=json_schema) if json_schema else None)
         final: RequestOutput | None = None
         async for output in self.stream(resolved, prompt_ids, params, request_id=f"{role}-{uuid.uuid4().hex}"):
             final = output

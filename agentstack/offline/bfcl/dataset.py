@@ -46,16 +46,22 @@ class BfclExample:
     ground_truth: list[dict[str, Any]] | None
 
     def reference_calls(self) -> list[Call]:
-        """One acceptable answer: per parameter the first allowed value; omittable ones left out."""
-        calls: list[Call] = []
-        for entry in self.ground_truth or []:
-            for name, params in entry.items():
-                arguments = {}
-                for param, allowed in params.items():
-                    if allowed and allowed[0] != "":
-                        arguments[param] = allowed[0]
-                calls.append({"name": name, "arguments": arguments})
-        return calls
+        """One acceptable answer: per parameter the first allowed value; omittable ones left
+        out. Nested objects list allowed values per field too, so they are picked the same way."""
+        return [{"name": name, "arguments": _first_allowed(params)}
+                for entry in self.ground_truth or [] for name, params in entry.items()]
+
+
+def _first_allowed(params: dict[str, Any]) -> dict[str, Any]:
+    return {param: _picked(allowed[0]) for param, allowed in params.items() if allowed and allowed[0] != ""}
+
+
+def _picked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _first_allowed(value)
+    if isinstance(value, list):
+        return [_picked(v) for v in value]
+    return value
 
 
 def single_turn_categories() -> list[str]:

@@ -1,8 +1,9 @@
 """`agentstack eval bfcl`: BFCL single-turn categories through the serving engine, scored
 by bfcl-eval's AST checker, for three ways of serving the same backbone:
 
-- `base`:   the base model with the tools in its prompt, as any OpenAI-style request
-            with `tools` and `tool_choice: auto` is served;
+- `base`:   the base model, fairly: the roles' own listing, an instruction saying what
+            to write, and guided decoding to a JSON list of calls of the listed functions
+            (empty when none applies), so every reply is a well-formed answer;
 - `single`: one adapter trained to write every call at once;
 - `roles`:  the selector adapter, then the arguments adapter once per chosen function.
 
@@ -24,7 +25,6 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentstack.api.schemas import ChatMessage, Tool
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
 from agentstack.offline.bfcl.checker import check
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
@@ -34,10 +34,9 @@ from agentstack.offline.bfcl.listings import (
     distractor_pool,
     shuffled,
 )
-from agentstack.chat.template import parse_reply, render_messages
 from agentstack.service import PromptTooLong, Service
 from agentstack.chat.tool_roles import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
-from agentstack.chat.tool_prompts import Call
+from agentstack.chat.tool_prompts import Call, single_messages
 
 
 class EvalMode(str, enum.Enum):
@@ -116,36 +115,55 @@ def listed(chosen: list[BfclExample], config: EvalConfig, count_tokens: Callable
     return chosen
 
 
+BASE_INSTRUCTION = (
+    'Reply with a JSON list of the calls that answer the request, each {"name": ..., "arguments": {...}} '
+    "with the function's parameters; reply [] if no listed function applies."
+)
+JSON_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": None}
+
+
+def json_schema(schema: Any) -> dict[str, Any]:
+    """A BFCL parameter schema as JSON Schema (BFCL writes `dict`, `float`, `tuple`, `any`)."""
+    if not isinstance(schema, dict):
+        return {}
+    out: dict[str, Any] = {}
+    kind = JSON_TYPES.get(schema.get("type"), schema.get("type"))
+    if kind:
+        out["type"] = kind
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {name: json_schema(s) for name, s in schema["properties"].items()}
+        out["required"] = [r for r in schema.get("required", []) if r in out["properties"]]
+    if "items" in schema:
+        out["items"] = json_schema(schema["items"])
+    if isinstance(schema.get("enum"), list):
+        out["enum"] = schema["enum"]
+    return out
+
+
+def calls_schema(functions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON list of calls, each of one listed function with its parameters' types."""
+    variants = [{"type": "object", "required": ["name", "arguments"],
+                 "properties": {"name": {"enum": [f["name"]]},
+                                "arguments": json_schema(f.get("parameters") or {"type": "dict"})}}
+                for f in functions]
+    return {"type": "array", "maxItems": 8, "items": {"anyOf": variants}}
+
+
 async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutcome:
-    """What a plain OpenAI request with `tools` gets from the base model."""
-    tools = [Tool.model_validate({"type": "function", "function": _openai_function(f)})
-             for f in example.functions]
-    turns = render_messages([ChatMessage.model_validate(m) for m in example.messages],
-                            system_prompt=None, tools=tools, think=False)
-    completion = await service.complete(service.base_name, turns, CALLS_MAX_TOKENS)
-    reply = parse_reply(completion.text, tools=tools, forced=False, think=False)
-    calls: list[Call] = [
-        {"name": c.function.name, "arguments": _json_object(c.function.arguments)} for c in reply.tool_calls
-    ]
+    """The base model with the roles' listing, told the answer's shape and held to it."""
+    prompt = [*single_messages(example.messages, example.functions), {"role": "user", "content": BASE_INSTRUCTION}]
+    completion = await service.complete(service.base_name, prompt, CALLS_MAX_TOKENS,
+                                        json_schema=calls_schema(example.functions))
+    try:
+        listed = json.loads(completion.text)
+    except ValueError:
+        listed = []
+    calls: list[Call] = [{"name": c["name"], "arguments": c.get("arguments") or {}}
+                         for c in listed if isinstance(c, dict) and isinstance(c.get("name"), str)] \
+        if isinstance(listed, list) else []
     outcome = ToolCallOutcome(calls=calls)
     outcome.add(service.base_name, completion)
     return outcome
-
-
-def _openai_function(function: dict[str, Any]) -> dict[str, Any]:
-    """BFCL writes `"type": "dict"` where JSON Schema (and OpenAI) say `object`."""
-    parameters = dict(function.get("parameters") or {})
-    if parameters.get("type") == "dict":
-        parameters["type"] = "object"
-    return {**function, "parameters": parameters}
-
-
-def _json_object(arguments: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 async def run_mode(service: Service, mode: EvalMode, example: BfclExample) -> ToolCallOutcome:

@@ -102,3 +102,13 @@ def test_irrelevant_examples_list_everything_but_the_questions_functions() -> No
         listed = chat["messages"][0]["content"]
         assert "You can call these functions" in listed
         assert not any(f"\n{name}:" in listed for name in own)
+
+
+@pytest.mark.parametrize("category", [*TRAIN_CATEGORIES, "live_simple"])
+def test_reference_answers_pass_bfcls_checker(category: str) -> None:
+    """Training targets are answers the checker accepts, nested objects included."""
+    from agentstack.offline.bfcl.checker import check
+
+    part = "train" if category in TRAIN_CATEGORIES else "all"
+    pool = examples(category, part)
+    assert all(check(e, e.reference_calls()).correct for e in pool)
