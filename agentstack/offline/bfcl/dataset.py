@@ -48,12 +48,19 @@ class BfclExample:
     def reference_calls(self) -> list[Call]:
         """One acceptable answer: per parameter the first allowed value; omittable ones left
         out. Nested objects list allowed values per field too, so they are picked the same way."""
-        return [{"name": name, "arguments": _first_allowed(params)}
+        required = {f["name"]: set((f.get("parameters") or {}).get("required") or []) for f in self.functions}
+        return [{"name": name, "arguments": _first_allowed(params, required.get(name, set()))}
                 for entry in self.ground_truth or [] for name, params in entry.items()]
 
 
-def _first_allowed(params: dict[str, Any]) -> dict[str, Any]:
-    return {param: _picked(allowed[0]) for param, allowed in params.items() if allowed and allowed[0] != ""}
+def _first_allowed(params: dict[str, Any], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Each parameter's first allowed value; `""` allows leaving it out, unless it is required."""
+    picked = {}
+    for param, allowed in params.items():
+        values = [v for v in allowed if v != ""] if param in required else allowed[:1]
+        if values and values[0] != "":
+            picked[param] = _picked(values[0])
+    return picked
 
 
 def _picked(value: Any) -> Any:
