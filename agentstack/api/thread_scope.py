@@ -6,8 +6,9 @@ learn whether the other did: creating a thread with an id another tenant holds s
 as if the id were free, and reading it finds the caller's own thread or nothing. Graph
 runs, checkpoints and records all use the scoped id; the LangGraph routes remove the
 caller's scope from everything they send back, so callers only ever see their own ids.
-Without keys (one tenant) ids are stored as given; with keys, an id may not contain the
-separator `~` (so no caller can name another scope's stored id).
+Without keys (one tenant) ids are stored as given. A caller's id always gets the caller's
+scope in front, so no caller can name another scope's stored id; a thread stored under a
+scoped id is used only by its owner.
 
 Threads created before ids were scoped keep their stored id and are still found by
 their owner.
@@ -21,7 +22,6 @@ from fastapi import Request, Response
 from starlette.responses import StreamingResponse
 
 from agentstack.auth import current_principal
-from agentstack.errors import InvalidRequest
 from agentstack.workflows import WorkflowNotFound
 
 OWNER = "owner"
@@ -45,8 +45,6 @@ async def scoped_thread_id(request: Request, thread_id: str) -> str:
     scope = scope_of(request)
     if not scope:
         return thread_id
-    if SEPARATOR in thread_id:
-        raise InvalidRequest(f"thread ids may not contain {SEPARATOR!r}", param="thread_id")
     store = request.app.state.workflows.store
     owner = owner_of(request)
     scoped = scope + thread_id

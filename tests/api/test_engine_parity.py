@@ -34,6 +34,6 @@ def test_base_model_through_service_equals_direct_vllm(base_url: str, model_dir:
     run = subprocess.run([sys.executable, str(script), str(model_dir), json.dumps(CONVERSATIONS)],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    line = next(l for l in run.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in run.stdout.splitlines() if out.startswith("RESULT "))
     direct = json.loads(line.removeprefix("RESULT "))
     assert served == [text.strip() for text in direct]

@@ -63,7 +63,7 @@ def _probe(check: str, model_dir: Path) -> dict:
                          capture_output=True, text=True, timeout=600, env=env,
                          cwd=Path(__file__).parents[2])
     assert run.returncode == 0, run.stderr[-3000:]
-    line = next(l for l in run.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in run.stdout.splitlines() if out.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 

@@ -87,7 +87,7 @@ def test_json_of_interrupts_and_messages() -> None:
 
 def test_registry_loads_builtins_and_user_graphs(tmp_path: Path) -> None:
     registry = GraphRegistry.load(InMemorySaver(), USER_GRAPHS_FILE)
-    assert list(registry.entries) == ["tool_agent", "plan_act_reflect", "review", "fragile", "in_process"]
+    assert list(registry.entries) == ["tool_agent", "plan_act_reflect", "review", "fragile", "in_process", "slow"]
     assert registry.get(assistant_id_for("review")).graph_id == "review"
     assert registry.get("review").graph.checkpointer is not None
     bad = tmp_path / "langgraph.json"
