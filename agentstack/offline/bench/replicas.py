@@ -35,9 +35,10 @@ import httpx
 from agentstack.config import PACKAGE_DATA
 from agentstack.offline.bench.reliability import LOAD_QUESTIONS
 from agentstack.offline.bench.server import ADMIN_KEY, TENANT_KEYS, ServerProcess, bearer
+from agentstack.offline.bench.report import markdown_table
 from agentstack.redis_server import EmbeddedRedis
+from agentstack.workflows.store import FINISHED
 
-FINISHED = {"success", "error", "interrupted", "timeout"}
 SHARED_PROMPT_WORDS = 360
 
 
@@ -163,16 +164,18 @@ class Load:
         self.headers = bearer(TENANT_KEYS["tenant-a"])
 
     async def send(self, client: httpx.AsyncClient, method: str, path: str, *, avoid: int | None = None,
-                   **kwargs: Any) -> tuple[int, httpx.Response | None]:
-        replica = self.balancer.pick(avoid)
+                   replica: int | None = None, **kwargs: Any) -> tuple[int, httpx.Response | None]:
+        """One request to `replica`, or to the balancer's pick; None for a failed one."""
+        if replica is None:
+            replica = self.balancer.pick(avoid)
         request_id = next(self.balancer.request_ids)
         self.balancer.in_flight[request_id] = replica
         self.result.requests += 1
         try:
             response: httpx.Response | None = await client.request(
                 method, f"{self.balancer.urls[replica]}{path}", headers=self.headers, **kwargs)
-            ok = response is not None and response.status_code < 400
-            error = "" if ok else f"{response.status_code}: {response.text[:160]}"  # type: ignore[union-attr]
+            ok = response.status_code < 400
+            error = "" if ok else f"{response.status_code}: {response.text[:160]}"
         except httpx.HTTPError as e:
             response, ok, error = None, False, type(e).__name__
         finally:
@@ -207,14 +210,9 @@ class Load:
             await self.run_on(client, thread_id, worker + n)
 
     async def run_on(self, client: httpx.AsyncClient, thread_id: str, n: int, *, replica: int | None = None) -> None:
-        if replica is not None:
-            response: httpx.Response | None = await client.post(
-                f"{self.balancer.urls[replica]}/threads/{thread_id}/runs", headers=self.headers,
-                json=self.graph_input(n))
-            self.result.requests += 1
-        else:
-            replica, response = await self.send(client, "POST", f"/threads/{thread_id}/runs", json=self.graph_input(n))
-        if response is None or response.status_code >= 400:
+        replica, response = await self.send(client, "POST", f"/threads/{thread_id}/runs", replica=replica,
+                                            json=self.graph_input(n))
+        if response is None:
             return
         run = TrackedRun(thread_id, response.json()["run_id"], replica)
         self.runs.append(run)
@@ -364,6 +362,4 @@ def replicas_table(result: ReplicasResult) -> str:
         ("cross-tenant cache hit tokens", s["cross_tenant_hit_tokens"], "0"),
         ("killed replica ready again after (s)", s["restart_s"], "-"),
     ]
-    lines = ["| measure | value | target |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {target} |" for name, value, target in rows]
-    return "\n".join(lines)
+    return markdown_table(["measure", "value", "target"], rows)

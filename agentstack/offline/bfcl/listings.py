@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 from agentstack.chat.tool_prompts import function_names, render_function
@@ -36,15 +37,17 @@ def listing_tokens(functions: Sequence[Function], count: TokenCounter) -> int:
     return count("\n".join(render_function(f) for f in functions))
 
 
-def distractor_pool() -> list[Function]:
+@cache
+def distractor_pool() -> tuple[Function, ...]:
     """Functions of the trained categories' train split, one per name: never an evaluated
-    question's own functions."""
+    question's own functions. Built once per process (every category and mode of an
+    evaluation lists among the same pool)."""
     pool: dict[str, Function] = {}
     for category in TRAIN_CATEGORIES:
         for example in examples(category, "train"):
             for function in example.functions:
                 pool.setdefault(str(function["name"]), function)
-    return [pool[name] for name in sorted(pool)]
+    return tuple(pool[name] for name in sorted(pool))
 
 
 def among_distractors(example: BfclExample, pool: Sequence[Function], budget_tokens: int,
