@@ -101,6 +101,19 @@ def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
     assert required.choices[0].message.tool_calls, required.choices[0].message
 
 
+def test_tool_calling_answers_in_words_when_no_listed_function_applies(client: openai.OpenAI) -> None:
+    """`tool_choice` auto (the default) lets the selector decide: questions none of the
+    listed functions answers get a plain reply, not a call of whatever is listed first."""
+    questions = ["Tell me a short joke about cats.", "Who wrote the play Romeo and Juliet?",
+                 "What is the opposite of the word 'hot'?"]
+    replies = [client.chat.completions.create(
+        model="tool-calling", messages=[{"role": "user", "content": q}], tools=TOOLS,  # type: ignore[arg-type]
+        temperature=0, max_tokens=48).choices[0] for q in questions]
+    in_words = [c for c in replies if not c.message.tool_calls and (c.message.content or "").strip()]
+    assert len(in_words) >= 2, [c.message for c in replies]
+    assert all(c.finish_reason in ("stop", "length") for c in in_words)
+
+
 def test_tool_calling_reads_a_tool_result_and_never_answers_in_call_markup(client: openai.OpenAI) -> None:
     """After a tool result the workflow either calls again (parsed) or answers in words."""
     conversation = [

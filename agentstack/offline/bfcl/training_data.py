@@ -5,7 +5,7 @@ Every role sees the same examples; only the tail of the chat differs (see
 function masking and irrelevance augmentation), all from the train split:
 
 - every listing is shuffled, so the right function sits at every position;
-- the question's functions sit among unrelated ones (a few, or a long toolbox of about
+- the question's functions sit among unrelated ones (a few, or a long toolbox of
   `LONG_TOOLBOX_TOKENS` in `LONG_SHARE` of the examples), so the roles read the contexts
   the shared cache is for;
 - in `MASKED_SHARE` of the examples every function and parameter name is a random
@@ -48,8 +48,10 @@ DATA_SEED = 7
 TRAIN_PER_CATEGORY = {"simple_python": 100, "multiple": 50, "parallel": 50, "parallel_multiple": 50}
 MASKED_SHARE = 0.2
 IRRELEVANT_SHARE = 0.2
-LONG_SHARE = 0.15
-LONG_TOOLBOX_TOKENS = 1200
+LONG_SHARE = 0.3
+# Long toolboxes span the sizes evaluated (`eval bfcl --toolbox 1500` counts real tokens;
+# the estimate here runs about 5% above the packaged tokenizer's count).
+LONG_TOOLBOX_TOKENS = (700, 1650)
 MAX_FEW_DISTRACTORS = 3
 
 Function = dict[str, Any]
@@ -124,10 +126,11 @@ def _with_distractors(functions: list[Function], pool: Sequence[Function], rng: 
     candidates = [f for f in rng.sample(list(pool), min(len(pool), 60)) if f["name"] not in names]
     listed = list(functions)
     if rng.random() < LONG_SHARE:
+        budget = rng.randint(*LONG_TOOLBOX_TOKENS)
         size = listing_tokens(listed, approx_tokens)
         for function in candidates:
             cost = listing_tokens([function], approx_tokens) + 1
-            if size + cost > LONG_TOOLBOX_TOKENS:
+            if size + cost > budget:
                 break
             listed.append(function)
             size += cost

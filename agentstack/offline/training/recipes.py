@@ -24,7 +24,7 @@ class RoleRecipe:
     lr: float = 1.5e-3
     rank: int = 16
     alpha: int = 32
-    max_seq_len: int = 1536  # the long-toolbox examples run to ~1.5k tokens
+    max_seq_len: int = 2048  # the long-toolbox examples run past 1.5k tokens
     warmup_steps: int = 10
     seed: int = 0
 

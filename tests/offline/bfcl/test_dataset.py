@@ -6,7 +6,15 @@ from collections import Counter
 
 import pytest
 
-from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, UnknownCategory, examples, load_category, load_split
+from agentstack.offline.bfcl.dataset import (
+    DEV_ROUNDS,
+    TRAIN_CATEGORIES,
+    UnknownCategory,
+    examples,
+    load_category,
+    load_split,
+    make_split,
+)
 from agentstack.offline.bfcl.listings import listing_tokens
 from agentstack.offline.bfcl.training_data import (
     LONG_TOOLBOX_TOKENS,
@@ -24,7 +32,8 @@ def test_no_id_is_both_train_and_dev(category: str) -> None:
     train = {e.id for e in examples(category, "train")}
     dev = {e.id for e in examples(category, "dev")}
     committed = load_split().dev[category]
-    assert len(dev) == len(committed) == 25, "every committed dev id must exist in BFCL's data"
+    assert len(dev) == len(committed) == sum(DEV_ROUNDS), "every committed dev id must exist in BFCL's data"
+    assert load_split().dev == make_split().dev, "the committed split is the documented draw"
     assert not train & dev
     assert train | dev == {e.id for e in load_category(category)}
 
@@ -68,8 +77,10 @@ def test_listings_put_the_answer_everywhere_among_distractors_some_long() -> Non
     positions = Counter(function_names(i.functions).index(i.calls[0]["name"]) for i in items)
     assert len(positions) >= 6 and positions[0] < 0.5 * len(items), positions
     sizes = [listing_tokens(i.functions, approx_tokens) for i in items]
-    long = [s for s in sizes if s >= 0.7 * LONG_TOOLBOX_TOKENS]
-    assert 0.05 * len(items) < len(long) < 0.3 * len(items) and max(sizes) <= LONG_TOOLBOX_TOKENS + 400
+    shortest, longest = LONG_TOOLBOX_TOKENS
+    long = [s for s in sizes if s >= 0.8 * shortest]
+    assert 0.2 * len(items) < len(long) < 0.4 * len(items) and max(sizes) <= longest + 400
+    assert sum(s >= 0.8 * longest for s in sizes) > 0.05 * len(items)
     assert all(len(set(function_names(i.functions))) == len(i.functions) for i in items)
 
 
