@@ -183,28 +183,35 @@ class DecomposedLlamaAttention(nn.Module):
         return output
 
     def _low_rank(self, pxa: torch.Tensor) -> torch.Tensor:
-        """``s·(P·x·A)·B_jᵀ`` per token, B_j of the token's role (zero without an adapter).
-
-        Semantics (h a query head, g(h) its KV head)::
-
-            out[t, h] = pxa[t, h] @ (s·B_{slot(t)})[g(h)·d : (g(h)+1)·d, :r]ᵀ
-        """
-        out = torch.zeros(*pxa.shape[:2], self.head_dim, dtype=pxa.dtype, device=pxa.device)
         slots = lora_slots(self.v_proj, pxa.shape[0])
         if slots is None:
-            return out
+            return pxa.new_zeros(*pxa.shape[:2], self.head_dim)
         # vLLM keeps each active adapter's v_proj B, with its scale folded in, per slot:
         # [slots, 1, kv_heads·d, max_rank]. Adapters without v_proj LoRA hold zeros.
-        stacked: torch.Tensor = self.v_proj.lora_b_stacked[0]
-        group = self.num_heads // self.num_kv_heads
-        for slot in torch.unique(slots).tolist():
-            if slot < 0:
-                continue
-            b = stacked[slot, 0, :, : self.rank].reshape(self.num_kv_heads, self.head_dim, self.rank)
-            b = b.repeat_interleave(group, dim=0).to(pxa.dtype)  # [heads, d, r]
-            rows = (slots == slot).nonzero().squeeze(1)
-            out.index_copy_(0, rows, torch.einsum("thr,hdr->thd", pxa.index_select(0, rows), b))
-        return out
+        return low_rank_values(pxa, slots, self.v_proj.lora_b_stacked[0], self.num_kv_heads, self.head_dim)
+
+
+def low_rank_values(pxa: torch.Tensor, slots: torch.Tensor, b_stacked: torch.Tensor,
+                    num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """``s·(P·x·A)·B_jᵀ`` per token, B_j of the token's role (zero without an adapter).
+
+    Semantics (h a query head, g(h) its KV head)::
+
+        out[t, h] = pxa[t, h] @ (s·B_{slot(t)})[g(h)·d : (g(h)+1)·d, :r]ᵀ
+
+    Fixed shapes and no host sync (no ``unique``/``nonzero``): every token's product is
+    taken against every slot's B in one batched matmul and its own slot's row kept, so
+    the step can run under a compiled graph. With a handful of slots and rank 16 the
+    extra products are a few kFLOPs per token.
+    """
+    t, heads, r = pxa.shape
+    slot_count = b_stacked.shape[0]
+    b = b_stacked[:, 0, :, :r].reshape(slot_count, num_kv_heads, 1, head_dim, r)
+    b = b.expand(-1, -1, heads // num_kv_heads, -1, -1).reshape(slot_count, heads, head_dim, r)
+    every_slot = torch.einsum("thr,shdr->tshd", pxa, b.to(pxa.dtype))  # [t, slots, heads, d]
+    index = slots.clamp(min=0).view(t, 1, 1, 1).expand(t, 1, heads, head_dim)
+    own = every_slot.gather(1, index).squeeze(1)
+    return own * (slots >= 0).view(t, 1, 1).to(own.dtype)
 
 
 class DecomposedLlamaDecoderLayer(LlamaDecoderLayer):
