@@ -107,9 +107,16 @@ gate: setup
 eval-gate: setup
 	$(BIN)/agentstack eval gate --per-kind 10
 
+# Three listings of the same questions: as BFCL gives them, shuffled, and among
+# distractors up to 1,500 tokens; one report directory each.
+BFCL_EVAL = $(BIN)/agentstack eval bfcl \
+	$(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \
+	--mode base --mode single --mode roles --limit 50
+
 eval-bfcl: setup
-	$(BIN)/agentstack eval bfcl $(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \
-		--mode base --mode single --mode roles --limit 25
+	$(BFCL_EVAL) --report-dir reports/eval-bfcl
+	$(BFCL_EVAL) --report-dir reports/eval-bfcl-shuffled --shuffle 1
+	$(BFCL_EVAL) --report-dir reports/eval-bfcl-toolbox --toolbox 1500
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports
