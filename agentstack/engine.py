@@ -234,6 +234,13 @@ class Engine:
     async def check_health(self) -> None:
         await self.llm.check_health()
 
+    async def cached_blocks(self) -> int:
+        """Physical KV blocks the engine holds for cached prompt blocks (its block pool,
+        through the cache plugin's engine-core utility)."""
+        from cache.vllm_plugin import CACHED_BLOCKS_UTILITY
+
+        return int(await self.llm.engine_core.call_utility_async(CACHED_BLOCKS_UTILITY))
+
     @property
     def dead(self) -> bool:
         """The engine core process is gone (or its output loop died): nothing can recover it here."""

@@ -2,13 +2,15 @@
 
 vLLM's own prefix cache keys a block by its tokens *and* the request's adapter, so every
 role prefills a shared context again. This connector keys blocks as ``cache.store`` does
-(tokens + tenant salt, plus the adapter only in ``non-shared`` mode), so in
-``full-shared`` mode a role is handed the K/V blocks another role computed; in both modes
-blocks go through the memory tier to Redis, so another engine process (or a restart)
-skips the prefill too.
+(tokens + tenant salt, plus the adapter only in ``non-shared`` mode). In the shared modes
+its scheduler side also keys the engine's prefix cache that way
+(``cache.vllm_plugin.install_shared_block_keys``), so a role reads the blocks another
+role computed in place, in engine memory; blocks go through the memory tier to Redis, so
+another engine process (or a restart) skips the prefill too.
 
 It plugs in through vLLM's supported extension point (``KVTransferConfig`` with
-``kv_connector_module_path``); no vLLM code is patched. Flow per request:
+``kv_connector_module_path``); the block keys are the one vLLM function it replaces
+(version-guarded). Flow per request:
 
 - scheduler: ``on_new_request`` hashes the prompt's full blocks once;
   ``get_num_new_matched_tokens`` looks them up (no side effects) beyond vLLM's own hits;
@@ -63,6 +65,7 @@ from cache.modes import CacheConfig
 from cache.stats import stats_payload
 from cache.store import BASE_WRITER, KVCacheStore, MatchResult
 from cache.tiers import CacheTier, MemoryTier, ResidencyMirror
+from cache.vllm_plugin import install_shared_block_keys
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -268,6 +271,10 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             )
             first = MemoryTier(config.memory_capacity_bytes, on_change=self._record_change)
         self._store = _build_store(vllm_config, self._block_size, self._isa, first)
+        if self._mirror is not None and not self._store.mode.keyed_by_adapter:
+            # The scheduler keys the engine's own prefix cache too: one paged copy per
+            # context for every role, so this connector is needed only across engines.
+            install_shared_block_keys()
         self._head_dim = self._store.layout.shape.head_dim
         self._rank = self._store.layout.rank
         self._tracked: dict[str, _Tracked] = {}

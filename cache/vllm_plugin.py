@@ -1,4 +1,5 @@
-"""vLLM general plugin: registers the decomposed-attention llama with vLLM's model registry.
+"""vLLM general plugin: registers the decomposed-attention llama with vLLM's model registry,
+and, for the shared cache modes, shares prefix-cache blocks across roles inside the engine.
 
 vLLM runs every ``vllm.general_plugins`` entry point in each of its processes (API
 frontend, engine core, workers), so the architecture is known wherever the model is
@@ -10,6 +11,15 @@ plugin imports no model code.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLLM_VERSION = "0.32.0"
+"""The vLLM release whose internals this package's plugins patch (here the block keys; in
+``agentstack.vllm_ext`` the CPU LoRA ops); any other release is left as it is."""
+
 ARCHITECTURE = "AgentstackDecomposedLlamaForCausalLM"
 """The architecture name an engine asks for in ``hf_overrides`` to serve decomposed."""
 
@@ -20,14 +30,80 @@ SHARED_A_KEY = "agentstack_shared_a"
 lora_A every role shares; the model caches ``x·A`` with it."""
 
 
+CACHED_BLOCKS_UTILITY = "agentstack_cached_blocks"
+"""Engine-core utility method (``AsyncLLM.engine_core.call_utility_async``): the number of
+physical KV blocks that hold a cached prompt block."""
+
+
 def register() -> None:
     """Entry point of ``vllm.general_plugins``; safe to run more than once per process."""
+    import vllm
     from vllm import ModelRegistry
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    if version_supported(vllm.__version__):
+        from vllm.v1.engine.core import EngineCore
+
+        setattr(EngineCore, CACHED_BLOCKS_UTILITY, _cached_blocks)
+
+
+def _cached_blocks(core: Any) -> int:
+    """Physical blocks of the engine's pool that hold a cached block: every paged copy of
+    every prompt block it keeps, read from the block pool, so the bench counts copies
+    rather than computing them from a layout."""
+    pool = core.scheduler.kv_cache_manager.block_pool
+    return sum(1 for block in pool.blocks if block.block_hash is not None)
 
 
 def hf_overrides(shared_a_adapter: str) -> dict[str, str | list[str]]:
     """The engine's ``hf_overrides`` that select the decomposed model with this shared A."""
     return {"architectures": [ARCHITECTURE], SHARED_A_KEY: shared_a_adapter}
+
+
+def version_supported(vllm_version: str) -> bool:
+    """Local build tags (``0.32.0+cpu``) count as the release they build."""
+    return vllm_version.split("+")[0] == SUPPORTED_VLLM_VERSION
+
+
+def _no_adapter_keys(request: Any) -> list[tuple[str, str, str]]:
+    """Replaces ``kv_cache_utils._gen_lora_extra_hash_keys``: a block's key leaves the
+    adapter out (tokens, parent block and tenant salt remain)."""
+    return []
+
+
+def install_shared_block_keys(vllm_version: str | None = None) -> bool:
+    """One engine copy of a shared context for every role, in this engine process.
+
+    vLLM keys each prefix-cache block by its tokens, the tenant salt and the LoRA adapter,
+    so every role reading a context gets its own paged copy. In the shared cache modes a
+    block's content does not depend on the role that reads it (`full-shared` serves the
+    writer's K and V by design; `decomposed` pages K, the base V and x·A of the family's
+    one A, and each role adds its own B after attention), so there blocks are keyed as the
+    cache's own tiers key them (``cache.store.block_hashes``): tokens and salt. A reader
+    then finds the writer's blocks in engine memory and reads them in place.
+
+    Called by the connector's scheduler side in those modes only; `non-shared` engines
+    keep vLLM's keys. Returns whether the keys are shared (not on another vLLM release).
+    """
+    if vllm_version is None:
+        import vllm
+
+        vllm_version = vllm.__version__
+    if not version_supported(vllm_version):
+        logger.warning(
+            "agentstack: shared prefix-cache keys are written for vLLM %s; this is vLLM %s, so "
+            "each role keeps its own engine copy of a shared context (the cache tiers still share it)",
+            SUPPORTED_VLLM_VERSION, vllm_version,
+        )
+        return False
+    from vllm.v1.core import kv_cache_utils
+
+    kv_cache_utils._gen_lora_extra_hash_keys = _no_adapter_keys
+    return True
+
+
+def shared_block_keys_installed() -> bool:
+    from vllm.v1.core import kv_cache_utils
+
+    return kv_cache_utils._gen_lora_extra_hash_keys is _no_adapter_keys

@@ -16,21 +16,15 @@ from __future__ import annotations
 import logging
 import os
 
-logger = logging.getLogger(__name__)
+from cache.vllm_plugin import SUPPORTED_VLLM_VERSION, version_supported
 
-SUPPORTED_VLLM_VERSION = "0.32.0"
-"""The release whose ``punica_cpu`` and torch op signatures the grouped ops match."""
+logger = logging.getLogger(__name__)
 
 ENABLE_ENV = "AGENTSTACK_GROUPED_LORA"
 
 
 def grouped_lora_enabled() -> bool:
     return os.environ.get(ENABLE_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
-
-
-def version_supported(vllm_version: str) -> bool:
-    """Local build tags (``0.32.0+cpu``) count as the release they build."""
-    return vllm_version.split("+")[0] == SUPPORTED_VLLM_VERSION
 
 
 def install_grouped_lora(vllm_version: str | None = None) -> bool:

@@ -3,7 +3,8 @@
 Without sharing (each role under its own cache salt), the decomposed-attention model must
 answer as ordinary vLLM LoRA serving does: same greedy token, and top next-token
 log-probabilities about as close to the fp64 reference as stock serving's are. With
-sharing, a reader loads the writer's role-independent blocks and skips their prefill.
+sharing, a reader reads the writer's role-independent blocks in engine memory and skips
+their prefill.
 
 Each engine runs in its own process through `agentstack bench cache-served`, the path
 `agentstack bench cache` measures.
@@ -78,4 +79,6 @@ def test_decomposed_reader_reuses_the_writers_prefix(tmp_path: Path, redis_url: 
     assert writer["cached_tokens"] == 0
     assert reader["cached_tokens"] >= 128, "the reader should load the writer's context blocks"
     assert reader["prompt_tokens"] - reader["cached_tokens"] < writer["prompt_tokens"] - 100
+    context_blocks = writer["prompt_tokens"] // served["block_size"]
+    assert served["engine_blocks"] <= context_blocks + 2, "the reader reads the writer's blocks in place"
     assert served["cache_stats"]["worker"]["cross_role_reuses"]["decomposed"] == 1

@@ -113,6 +113,11 @@ class ModeRow:
     served_single_accuracy: float | None = None
     served_first_token_agreement: float | None = None
     served_kl_top: float | None = None
+    engine_blocks_per_prompt: float | None = None
+    """Physical KV blocks the engine holds per prompt once every role has read it, read from
+    its block pool: one copy of the context per role unless the roles share blocks."""
+    engine_bytes_per_shared_token: float | None = None
+    """Those blocks' paged bytes over the context tokens the writer read."""
 
 
 @dataclass(slots=True)
@@ -143,6 +148,8 @@ class CacheBenchResult:
                     "bytes_per_token": float(row.bytes_per_context_token),
                     "accuracy": row.served_accuracy,
                     "kl": row.reference_kl,
+                    "engine_blocks_per_prompt": row.engine_blocks_per_prompt,
+                    "engine_bytes_per_shared_token": row.engine_bytes_per_shared_token,
                     "details": asdict(row),
                 }
                 for row in self.rows
@@ -231,6 +238,7 @@ def served_mode(
             await warm.request(role, [1, 2, 3], 1)  # too short for a block: never cached
         completers = []
         toolboxes = [] if probe else toolbox_prompts(prompts, engine.tokenizer, min_context_tokens)
+        blocks_before = await engine.cached_blocks()
         started = time.perf_counter()
         if probe:
             context = engine.text_prompt(PROBE_CONTEXT)
@@ -246,6 +254,7 @@ def served_mode(
                 result["outcomes"].append(asdict(await run_prompt(completer, prompt)))
                 completers.append(completer)
         result["workload_s"] = time.perf_counter() - started
+        result["engine_blocks"] = await engine.cached_blocks() - blocks_before
         # The connector reports its counters at most once per interval: one more step
         # after it has passed carries the final figures.
         await asyncio.sleep(STATS_INTERVAL_S + 0.5)
@@ -311,6 +320,11 @@ def _served_figures(row: ModeRow, served: dict[str, Any]) -> None:
     ttfts = [r["ttft_s"] for r in rows]
     rounds = len({r["round"] for r in rows})
     row.served_prefill_tokens = round(sum(r["prompt_tokens"] - r["cached_tokens"] for r in rows) / rounds)
+    if "engine_blocks" in run:
+        row.engine_blocks_per_prompt = run["engine_blocks"] / rounds
+        context_tokens = sum(r["prompt_tokens"] for r in rows if r["role"] == BFCL_ROLES[0])
+        row.engine_bytes_per_shared_token = round(
+            run["engine_blocks"] * run["block_size"] * row.paged_bytes_per_token / context_tokens, 1)
     row.served_ttft_p50_s = _percentile(ttfts, 50)
     row.served_ttft_p99_s = _percentile(ttfts, 99)
     row.served_reader_ttft_s = sum(r["ttft_s"] for r in readers) / len(readers)
@@ -383,6 +397,7 @@ def write_report(result: CacheBenchResult) -> None:
             r.paged_bytes_per_token, cell(r.served_accuracy, ".3f"), cell(r.served_agent_accuracy, ".3f"),
             cell(r.served_single_accuracy, ".3f"), f"{r.reference_kl:.3f}", f"{r.reference_top1:.3f}",
             cell(r.served_first_token_agreement, ".2f"), cell(r.served_kl_top, ".3f"),
+            cell(r.engine_blocks_per_prompt, ".1f"), cell(r.engine_bytes_per_shared_token, ".0f"),
         ]
         for r in result.rows
     ]
@@ -419,7 +434,8 @@ def write_report(result: CacheBenchResult) -> None:
             ["mode", "prefill tokens/prompt", "TTFT p50 s", "TTFT p99 s", "reader TTFT s", "throughput tok/s",
              "bytes/shared token", "vs non-shared", "paged bytes/token (1 copy)", "accuracy (BFCL checker)",
              "agent accuracy", "single accuracy", "KL vs non-shared (reference)", "top-1 agreement (reference)",
-             "first-token agreement (served)", "first-token KL, top-20 (served)"],
+             "first-token agreement (served)", "first-token KL, top-20 (served)",
+             "engine blocks/prompt (block pool)", "engine bytes/shared token"],
             rows,
         ),
         "",
@@ -427,7 +443,9 @@ def write_report(result: CacheBenchResult) -> None:
         "single's, over all prompts. Reference: the readers' next-token distributions over the rest",
         f"of their prompt and their ground-truth answer, against their own prefill (pure PyTorch, all "
         f"layers, float32, {result.config.reference_prompts} prompts). Served agreement and KL: the "
-        "readers' first token against non-shared, on prompts identical in both modes.",
+        "readers' first token against non-shared, on prompts identical in both modes. Engine",
+        "blocks: physical KV blocks holding cached prompt blocks in the engine's block pool after",
+        "the workload, per prompt (every role's copies), and their paged bytes per context token.",
         "",
         *([f"![bench cache]({plot.name})", ""] if plot else []),
     ])
