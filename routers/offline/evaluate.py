@@ -119,8 +119,10 @@ class KindRule:
 
 def table_actions(table: Sequence[TaskOutcomes]) -> list[Action]:
     """The actions measured for every prompt of `table`, in its first row's order."""
-    common = set.intersection(*(set(row.outcomes) for row in table)) if table else set()
-    return [(tuple(o.roles), o.path) for key, o in table[0].outcomes.items() if key in common] if table else []
+    if not table:
+        return []
+    common = set.intersection(*(set(row.outcomes) for row in table))
+    return [(tuple(o.roles), o.path) for key, o in table[0].outcomes.items() if key in common]
 
 
 def _best_action(rows: Sequence[TaskOutcomes], actions: Sequence[Action]) -> Action:
@@ -135,7 +137,7 @@ def _best_action(rows: Sequence[TaskOutcomes], actions: Sequence[Action]) -> Act
 def kind_rule(train: Sequence[TaskOutcomes], actions: Sequence[Action]) -> KindRule:
     """The per-kind rule, chosen on training outcomes only, among `actions` (those the
     held-out table measured and the training table has too)."""
-    keys = set.intersection(*(set(row.outcomes) for row in train))
+    keys = set.intersection(*(set(row.outcomes) for row in train)) if train else set()
     usable = [a for a in actions if action_key(*a) in keys]
     if not usable:
         raise ValueError("the training outcomes share no action with the held-out table")

@@ -182,3 +182,8 @@ def test_rescore_applies_the_strict_scorer_to_stored_replies() -> None:
     assert {k: o.correct for k, o in strict.outcomes.items()} == {
         "a|direct": True, "a|think": False, "b|direct": False, "b|think": True}
     assert strict.think_label is False
+
+
+def test_per_kind_rule_needs_a_shared_action() -> None:
+    with pytest.raises(ValueError, match="share no action"):
+        kind_rule([], ACTIONS)
