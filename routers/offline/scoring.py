@@ -11,8 +11,10 @@ evaluation accuracy, so every path that scores a reply goes through here:
   answer, whatever its arguments say;
 - a number is the `Answer: <n>` line the reasoner is trained to write (`worked_reply`), or
   a reply that is the bare number; every answer line must agree;
-- a text answer must be the reply's first word(s), compared case-insensitively without
-  punctuation, after an optional `Answer:` label and a leading article.
+- a text answer must open the reply, or close its first sentence as what it "is"
+  (compared as whole words, case-insensitively, without punctuation, after an optional
+  `Answer:` label and a leading article): "Rome.", "Rome is the capital.", "The capital
+  of Italy is Rome." count; "Paris, not Rome." and "Rome or Milan?" do not.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ BARE_NUMBER_RE = re.compile(r"\$?(-?\d+(?:,\d{3})*)\.?")
 # or the call markup of chat templates.
 CALL_RE = re.compile(r'\{\s*"name"\s*:|<tool_call>|"arguments"\s*:', re.IGNORECASE)
 WORD_RE = re.compile(r"[a-z0-9]+")
+SENTENCE_END_RE = re.compile(r"[.!?\n]")
+COPULAS = frozenset({"is", "are", "was", "were"})
 ARTICLES = frozenset({"the", "a", "an"})
 
 
@@ -80,9 +84,26 @@ def _words(text: str) -> list[str]:
 
 
 def text_answer_matches(text: str, answer: str) -> bool:
-    """Does the reply's answer field open with `answer` (as whole words)?"""
+    """Does the reply's answer field open with `answer`, or say that it is `answer`?"""
     field = answer_field(text)
     if field is None or is_tool_call(field):
         return False
     expected = _words(answer)
-    return bool(expected) and _words(field)[: len(expected)] == expected
+    if not expected:
+        return False
+    words = _words(field)
+    if words[: len(expected)] == expected:
+        return True
+    return _closes_first_sentence(field, expected)
+
+
+def _closes_first_sentence(field: str, expected: list[str]) -> bool:
+    """"The capital of Italy is Rome.": the first sentence ends in a copula, an optional
+    article, then the answer."""
+    words = WORD_RE.findall(SENTENCE_END_RE.split(field.strip().lower(), maxsplit=1)[0])
+    if words[-len(expected):] != expected:
+        return False
+    before = words[: -len(expected)]
+    if before[-1:] and before[-1] in ARTICLES:
+        before = before[:-1]
+    return bool(before) and before[-1] in COPULAS

@@ -174,7 +174,7 @@ def test_rescore_applies_the_strict_scorer_to_stored_replies() -> None:
     task = Task(id="t:chat:0", kind="chat", messages=[{"role": "user", "content": "Capital of Portugal?"}],
                 answer="Lisbon", scoring="text")
     replies = {"a|direct": "Lisbon.", "a|think": '{"name": "capital", "arguments": {"city": "Lisbon"}}',
-               "b|direct": "The capital of Portugal is Lisbon.", "b|think": "<think>Lisbon</think>\nLisbon"}
+               "b|direct": "Porto, not Lisbon.", "b|think": "<think>Lisbon</think>\nLisbon"}
     outcomes = {k: Outcome(roles=[k[0]], path=k.split("|")[1], correct=True, generated_tokens=3,  # type: ignore[arg-type]
                            reasoning_tokens=0, latency_s=0.1, text=text) for k, text in replies.items()}
     lenient = TaskOutcomes(task_id=task.id, kind="chat", outcomes=outcomes, think_label=False)

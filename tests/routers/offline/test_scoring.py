@@ -31,8 +31,14 @@ def test_the_answer_as_first_words_counts(reply: str) -> None:
     assert PORTUGAL.score(reply)
 
 
-@pytest.mark.parametrize("reply", ["The capital of Portugal is Lisbon.", "I think it could be Lisbon or Porto.",
-                                   "Porto, not Lisbon.", "<think>Lisbon", "", "Lisbonne"])
+def test_a_sentence_that_says_what_the_answer_is_counts() -> None:
+    assert PORTUGAL.score("The capital of Portugal is Lisbon.")
+    assert PORTUGAL.score("The capital of Portugal is the city of Lisbon.") is False
+    assert text_answer_matches("The largest animal is the blue whale. It lives in the sea.", "blue whale")
+
+
+@pytest.mark.parametrize("reply", ["I think it could be Lisbon or Porto.", "Porto, not Lisbon.", "<think>Lisbon",
+                                   "", "Lisbonne", "Madrid. The capital of Portugal is Lisbon."])
 def test_the_answer_elsewhere_does_not_count(reply: str) -> None:
     assert not PORTUGAL.score(reply)
 

@@ -46,7 +46,7 @@ def test_scoring() -> None:
     assert not arith.score(f"<think>the answer is {arith.answer}</think>\nAnswer: {int(arith.answer) + 1}")
     chat = next(t for t in gate_tasks("test") if t.kind == "chat")
     assert chat.score(f"{chat.answer}.") and not chat.score("I do not know.")
-    assert not chat.score(f"It is {chat.answer}.")
+    assert chat.score(f"It is {chat.answer}.") and not chat.score(f"Not {chat.answer}.")
     tool = next(t for t in gate_tasks("test") if t.kind == "tool")
     assert not tool.score('{"name": "nothing", "arguments": {}}')
 
