@@ -93,9 +93,10 @@ async def measure_train(service: Service, out: Path, *, show: bool, max_k: int =
 
 def train_from_outcomes(outcomes: Path, model_dir: Path, out_dir: Path, base_model: str, *,
                         show: bool, layer: int = DEFAULT_LAYER) -> dict[str, Any]:
-    """Train on a measured table; its replies are rescored, so labels follow the strict scorer
-    even where the table was measured under an older one."""
+    """Train on a measured table; its replies are rescored (and the table rewritten), so
+    labels follow the strict scorer even where the table was measured under an older one."""
     table = training_table(outcomes)
+    write_outcomes(outcomes, table)
     extractor = FeatureExtractor(model_dir, layer=layer).load()
     measured_k = max(len(o.roles) for o in table[0].outcomes.values())
     config = GateTrainConfig(ks=tuple(k for k in GateTrainConfig().ks if k <= measured_k))
