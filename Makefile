@@ -97,7 +97,9 @@ adapters: setup
 # The learned gate (docs/GATE.md): the reasoner role, then both paths of every training
 # prompt measured on the engine and the gate trained on them; then the held-out table.
 # The sizes are those of the shipped gate; `agentstack gate train` alone measures every
-# training prompt with role sets up to 2 (hours on 2 CPU cores).
+# training prompt with role sets up to 2 (hours on 2 CPU cores). `eval-gate` measures the
+# whole held-out set (220 prompts, in-template and out-of-template) under every action of
+# the shipped gate's k = 1: 1,320 engine runs.
 reasoner: setup
 	$(BIN)/agentstack adapters reasoner
 
@@ -105,7 +107,7 @@ gate: setup
 	$(BIN)/agentstack gate train --max-k 1 --per-kind 12
 
 eval-gate: setup
-	$(BIN)/agentstack eval gate --per-kind 10
+	$(BIN)/agentstack eval gate
 
 # Three listings of the same questions: as BFCL gives them, shuffled, and among
 # distractors up to 1,500 tokens; one report directory each.

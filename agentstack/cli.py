@@ -638,31 +638,54 @@ def gate_train(
 @eval_app.command("gate")
 def eval_gate(
     gate_dir: Annotated[Path, typer.Option("--gate", help="Gate directory.")] = Path("agentstack/data/gate"),
-    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plots go.")] = Path("reports"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     per_kind: Annotated[Optional[int], typer.Option(help="Only the first N held-out prompts of each kind.")] = None,
+    task_set: Annotated[str, typer.Option("--set", help=(
+        "heldout: in-template and out-of-template prompts; test: the earlier in-template test prompts."))
+    ] = "heldout",
+    rule_from: Annotated[Optional[Path], typer.Option(help=(
+        "Training outcome table the per-kind rule is chosen on; default <gate>/outcomes-train.jsonl "
+        "when it exists, else the rule is left out."))] = None,
 ) -> None:
-    """The gate vs always-think, never-think, fixed roles, random and the oracle, on held-out prompts."""
-    from routers.offline.commands import GATE_ENGINE_SETTINGS, evaluate_gate
-    from routers.offline.evaluate import result_json, write_report
+    """The gate vs every baseline (fixed role x path, per-kind rule, always/never think, random, oracle)."""
+    from routers.offline.commands import (
+        EVAL_SETS,
+        GATE_ENGINE_SETTINGS,
+        OUTCOMES_FILE,
+        evaluate_gate,
+    )
+    from routers.offline.evaluate import result_json
+    from routers.offline.report import write_report
 
+    chosen = next((name for name in EVAL_SETS if name == task_set), None)
+    if chosen is None:
+        raise typer.BadParameter(f"choose one of {', '.join(EVAL_SETS)}", param_hint="--set")
+    default_rule = gate_dir / OUTCOMES_FILE
+    rule_from = rule_from or (default_rule if default_rule.exists() else None)
+    command = "agentstack eval gate" + (f" --set {task_set}" if task_set != "heldout" else "") + (
+        f" --per-kind {per_kind}" if per_kind else "")
     settings = _settings(**GATE_ENGINE_SETTINGS)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
-        result = asyncio.run(_run_with_service(
-            settings, lambda service: evaluate_gate(service, gate_dir, show=not as_json, per_kind=per_kind)))
-        report, plot = write_report(report_dir, result.policies, result.supervised, result.overhead,
-                                    result.table, result.gate_info,
-                                    "agentstack eval gate" + (f" --per-kind {per_kind}" if per_kind else ""))
+        result = asyncio.run(_run_with_service(settings, lambda service: evaluate_gate(
+            service, gate_dir, show=not as_json, per_kind=per_kind, task_set=chosen, rule_from=rule_from)))
+        files = write_report(report_dir, result.policies, result.supervised, result.overhead, result.table,
+                             result.gate_info, command, rule=result.rule,
+                             rule_source=rule_from.name if rule_from else None)
     summary = result_json(result.policies, result.overhead)
     if as_json:
         print(json.dumps(summary))
         return
-    table = Table("policy", "accuracy", "reasoning tokens", "generated tokens", title="eval gate")
+    table = Table("policy", "accuracy ± s.e.", "reasoning tokens", "generated tokens", title="eval gate")
     for p in [result.policies[0], result.supervised, *result.policies[1:]]:
-        table.add_row(p.policy, f"{p.accuracy:.3f}", str(p.reasoning_tokens), str(p.generated_tokens))
+        table.add_row(p.policy, f"{p.accuracy:.3f} ± {p.stderr:.3f}", str(p.reasoning_tokens),
+                      str(p.generated_tokens))
     console.print(table)
+    paired = summary["gate_vs_always_think"]
+    console.print(f"gate vs always-think (McNemar exact): gate alone right {paired['gate_only']}, "
+                  f"always-think alone {paired['always_think_only']}, p = {paired['p_value']:.4f}")
     console.print(f"gate overhead share of median latency: {summary['gate_overhead_share']:.2%}")
-    console.print(f"report: {report}  plot: {plot}")
+    console.print(f"report: {files.report}  plots: {', '.join(str(p) for p in files.plots)}")
 
 
 async def _run_with_service(settings: Settings, work: Callable[["Service"], Awaitable[T]]) -> T:

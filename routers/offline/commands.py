@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,17 +16,26 @@ from agentstack.config import PACKAGE_DATA
 from routers.features import DEFAULT_LAYER, FeatureExtractor
 from routers.gate import GATE_FILE, SUPERVISED_GATE_FILE, RouteDecision, load_gate
 from routers.mixture import MixtureCache
-from routers.offline.evaluate import Overhead, PolicyScore, score_policies
+from routers.offline.evaluate import (
+    KindRule,
+    Overhead,
+    PolicyScore,
+    kind_rule,
+    score_policies,
+    table_actions,
+)
+from routers.offline.heldout import heldout_tasks
 from routers.offline.measure import (
     MeasureConfig,
     TaskOutcomes,
     measure,
     n_actions,
     read_outcomes,
+    rescore,
     run_action,
     write_outcomes,
 )
-from routers.offline.tasks import first_per_kind, gate_tasks
+from routers.offline.tasks import Task, first_per_kind, gate_tasks
 from routers.offline.train import GATE_ROLES, GateTrainConfig, train_gate
 from routers.serving import RoleResolver
 
@@ -38,6 +47,19 @@ OUTCOMES_FILE = "outcomes-train.jsonl"
 # The engine settings the gate's measurements run under: rank 32 holds a 2-role mixture.
 GATE_ENGINE_SETTINGS: dict[str, Any] = {"max_lora_rank": 32, "max_loras": 8}
 OVERHEAD_REQUESTS = 24
+# `heldout`: the held-out set with its out-of-template part (the default); `test`: the
+# earlier in-template-only test prompts, kept to compare with figures measured on them.
+EvalSet = Literal["heldout", "test"]
+EVAL_SETS: tuple[EvalSet, ...] = ("heldout", "test")
+
+
+def eval_tasks(name: EvalSet) -> list[Task]:
+    return heldout_tasks() if name == "heldout" else gate_tasks("test")
+
+
+def training_table(path: Path) -> list[TaskOutcomes]:
+    """A measured training table, every stored reply scored again with today's strict scorer."""
+    return rescore(read_outcomes(path), gate_tasks("train"))
 
 
 @contextmanager
@@ -71,7 +93,10 @@ async def measure_train(service: Service, out: Path, *, show: bool, max_k: int =
 
 def train_from_outcomes(outcomes: Path, model_dir: Path, out_dir: Path, base_model: str, *,
                         show: bool, layer: int = DEFAULT_LAYER) -> dict[str, Any]:
-    table = read_outcomes(outcomes)
+    """Train on a measured table; its replies are rescored (and the table rewritten), so
+    labels follow the strict scorer even where the table was measured under an older one."""
+    table = training_table(outcomes)
+    write_outcomes(outcomes, table)
     extractor = FeatureExtractor(model_dir, layer=layer).load()
     measured_k = max(len(o.roles) for o in table[0].outcomes.values())
     config = GateTrainConfig(ks=tuple(k for k in GateTrainConfig().ks if k <= measured_k))
@@ -87,14 +112,19 @@ class GateEval:
     overhead: Overhead
     table: list[TaskOutcomes]
     gate_info: dict[str, Any]
+    rule: KindRule | None
 
 
 async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
-                        overhead_requests: int = OVERHEAD_REQUESTS, per_kind: int | None = None) -> GateEval:
-    """Measure the held-out table, decide with both gates, then time the served path."""
+                        overhead_requests: int = OVERHEAD_REQUESTS, per_kind: int | None = None,
+                        task_set: EvalSet = "heldout", rule_from: Path | None = None) -> GateEval:
+    """Measure the held-out table, decide with both gates, then time the served path.
+
+    `rule_from` is the training outcome table the per-kind rule is chosen on (never the
+    held-out one); without it that baseline is left out."""
     gate = load_gate(gate_dir / GATE_FILE)
     supervised_gate = load_gate(gate_dir / SUPERVISED_GATE_FILE)
-    tasks = first_per_kind(gate_tasks("test"), per_kind)
+    tasks = first_per_kind(eval_tasks(task_set), per_kind)
     config = MeasureConfig(roles=tuple(gate.spec.roles), max_k=gate.spec.top_k)
     resolver = resolver_for(service)
     extractor = FeatureExtractor(service.model_dir(), layer=gate.spec.features.layer).load()
@@ -123,9 +153,8 @@ async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
             gate_s.append(gate_done - started)
             request_s.append(time.perf_counter() - started)
             tick()
-    role_paths = {name: ("think" if service.resolve(name).spec.reasoning.value == "think" else "direct")
-                  for name in gate.spec.roles}
-    policies, supervised_score = score_policies(table, decisions, supervised, role_paths,  # type: ignore[arg-type]
-                                                gate.spec.roles, gate.spec.top_k)
+    rule = kind_rule(training_table(rule_from), table_actions(table)) if rule_from is not None else None
+    policies, supervised_score = score_policies(table, tasks, decisions, supervised, gate.spec.roles,
+                                                gate.spec.top_k, rule)
     info = {"top_k": gate.spec.top_k, "roles": gate.spec.roles, "layer": gate.spec.features.layer}
-    return GateEval(policies, supervised_score, Overhead(gate_s, request_s), table, info)
+    return GateEval(policies, supervised_score, Overhead(gate_s, request_s), table, info, rule)

@@ -1,11 +1,17 @@
 """`agentstack eval gate`: the gate against the policies a user would compare it with.
 
 All policies are read from one outcome table measured in the same run on held-out
-prompts (`routers.offline.measure`), so they are compared side by side:
+prompts (`routers.offline.measure`, `routers.offline.heldout`), so they are compared side
+by side, prompt by prompt:
 
 - `gate`: the shipped gate (supervised + RLOO); `gate (supervised only)` in the report;
 - `always-think` / `never-think`: the gate's roles, path forced;
-- `fixed:<role>`: one role for everything, on the path its roles-file entry names;
+- `fixed:<role>:<path>`: one role on one path for everything, for every role the gate may
+  choose and both paths;
+- `per-kind rule`: per task kind the action that did best on the *training* outcomes
+  (kinds training never saw get the best action over all training prompts); it needs
+  the training table and is left out without one;
+- `think-if-digits`: the gate's roles, thinking exactly when the prompt has a digit;
 - `random`: a seeded random role set of the gate's k and a random path;
 - `oracle`: per prompt the cheapest correct action (or the cheapest one when none is).
 
@@ -15,38 +21,36 @@ to the latency of the request it routes, run one at a time on an otherwise idle 
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from routers.gate import RouteDecision
-from routers.offline.measure import PATHS, Outcome, TaskOutcomes, role_subsets
+from routers.offline.measure import PATHS, Outcome, TaskOutcomes, action_key, role_subsets
+from routers.offline.stats import PairedTest, mcnemar, standard_error
+from routers.offline.tasks import Task
 from routers.prompt import Path_
 
 RANDOM_SEED = 0
+# The policies that route every prompt the same way, whatever it says: the gate must be
+# at least as accurate as the best of them, with no standard error of slack.
+FIXED_PREFIX = "fixed:"
+PROMPT_BLIND = ("always-think", "never-think")
+
+Action = tuple[tuple[str, ...], Path_]
+Choice = Callable[[int, TaskOutcomes], Action]
 
 
-@dataclass(slots=True)
-class PolicyScore:
-    policy: str
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Correct answers and tokens of one policy over a group of prompts."""
+
     n: int = 0
     correct: int = 0
     reasoning_tokens: int = 0
     generated_tokens: int = 0
-    by_kind: dict[str, list[int]] = field(default_factory=dict)
-
-    def add(self, kind: str, outcome: Outcome) -> None:
-        self.n += 1
-        self.correct += int(outcome.correct)
-        self.reasoning_tokens += outcome.reasoning_tokens
-        self.generated_tokens += outcome.generated_tokens
-        seen = self.by_kind.setdefault(kind, [0, 0])
-        seen[0] += int(outcome.correct)
-        seen[1] += 1
 
     @property
     def accuracy(self) -> float:
@@ -54,15 +58,100 @@ class PolicyScore:
 
     @property
     def stderr(self) -> float:
-        p = self.accuracy
-        return math.sqrt(p * (1 - p) / self.n) if self.n else 0.0
+        return standard_error(self.correct, self.n)
+
+
+@dataclass(slots=True)
+class PolicyScore:
+    """The outcome a policy gets on each prompt, in table order."""
+
+    policy: str
+    kinds: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def add(self, kind: str, outcome: Outcome) -> None:
+        self.kinds.append(kind)
+        self.outcomes.append(outcome)
+
+    def tally(self, kinds: Collection[str] | None = None) -> Tally:
+        """Totals over the prompts of `kinds` (all prompts for None)."""
+        chosen = [o for k, o in zip(self.kinds, self.outcomes) if kinds is None or k in kinds]
+        return Tally(len(chosen), sum(o.correct for o in chosen), sum(o.reasoning_tokens for o in chosen),
+                     sum(o.generated_tokens for o in chosen))
+
+    @property
+    def correct_flags(self) -> list[bool]:
+        return [o.correct for o in self.outcomes]
+
+    @property
+    def accuracy(self) -> float:
+        return self.tally().accuracy
+
+    @property
+    def stderr(self) -> float:
+        return self.tally().stderr
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.tally().reasoning_tokens
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.tally().generated_tokens
 
     def as_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "accuracy": round(self.accuracy, 4),
-                "reasoning_tokens": self.reasoning_tokens, "generated_tokens": self.generated_tokens}
+        total = self.tally()
+        return {"policy": self.policy, "accuracy": round(total.accuracy, 4), "stderr": round(total.stderr, 4),
+                "reasoning_tokens": total.reasoning_tokens, "generated_tokens": total.generated_tokens}
 
 
-def _score(name: str, table: Sequence[TaskOutcomes], choose: Any) -> PolicyScore:
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """Per task kind the action that did best on the training outcomes."""
+
+    by_kind: dict[str, Action]
+    fallback: Action
+    """The best action over all training prompts, for kinds the training table lacks."""
+
+    def action(self, kind: str) -> Action:
+        return self.by_kind.get(kind, self.fallback)
+
+
+def table_actions(table: Sequence[TaskOutcomes]) -> list[Action]:
+    """The actions measured for every prompt of `table`, in its first row's order."""
+    if not table:
+        return []
+    common = set.intersection(*(set(row.outcomes) for row in table))
+    return [(tuple(o.roles), o.path) for key, o in table[0].outcomes.items() if key in common]
+
+
+def _best_action(rows: Sequence[TaskOutcomes], actions: Sequence[Action]) -> Action:
+    """Most correct answers; ties to fewer generated tokens, then to the earlier action."""
+    def merit(action: Action) -> tuple[int, int]:
+        outcomes = [row.outcome(*action) for row in rows]
+        return sum(o.correct for o in outcomes), -sum(o.generated_tokens for o in outcomes)
+
+    return max(actions, key=merit)
+
+
+def kind_rule(train: Sequence[TaskOutcomes], actions: Sequence[Action]) -> KindRule:
+    """The per-kind rule, chosen on training outcomes only, among `actions` (those the
+    held-out table measured and the training table has too)."""
+    keys = set.intersection(*(set(row.outcomes) for row in train)) if train else set()
+    usable = [a for a in actions if action_key(*a) in keys]
+    if not usable:
+        raise ValueError("the training outcomes share no action with the held-out table")
+    kinds = dict.fromkeys(row.kind for row in train)
+    by_kind = {kind: _best_action([r for r in train if r.kind == kind], usable) for kind in kinds}
+    return KindRule(by_kind, _best_action(train, usable))
+
+
+def has_digits(task: Task) -> bool:
+    """Does any message of the request contain a digit?"""
+    return any(ch.isdigit() for m in task.messages for ch in m["content"])
+
+
+def _score(name: str, table: Sequence[TaskOutcomes], choose: Choice) -> PolicyScore:
     score = PolicyScore(name)
     for i, row in enumerate(table):
         roles, path = choose(i, row)
@@ -76,20 +165,29 @@ def _oracle(row: TaskOutcomes) -> Outcome:
 
 def score_policies(
     table: Sequence[TaskOutcomes],
+    tasks: Sequence[Task],
     gate: Sequence[RouteDecision],
     supervised: Sequence[RouteDecision],
-    role_paths: Mapping[str, Path_],
     roles: Sequence[str],
     top_k: int,
+    rule: KindRule | None = None,
 ) -> tuple[list[PolicyScore], PolicyScore]:
-    """Scores of the issue's policies (JSON order) and of the supervised-only gate."""
+    """Scores of the gate and every baseline (report order) and of the supervised-only gate."""
+    if [t.id for t in tasks] != [row.task_id for row in table]:
+        raise ValueError("tasks and outcome table are not in the same order")
     policies = [
-        _score("gate", table, lambda i, r: (gate[i].roles, gate[i].path)),
-        _score("always-think", table, lambda i, r: (gate[i].roles, "think")),
-        _score("never-think", table, lambda i, r: (gate[i].roles, "direct")),
+        _score("gate", table, lambda i, r: (tuple(gate[i].roles), gate[i].path)),
+        _score("always-think", table, lambda i, r: (tuple(gate[i].roles), "think")),
+        _score("never-think", table, lambda i, r: (tuple(gate[i].roles), "direct")),
     ]
     for role in roles:
-        policies.append(_score(f"fixed:{role}", table, lambda i, r, role=role: ((role,), role_paths[role])))
+        for path in PATHS:
+            policies.append(_score(f"{FIXED_PREFIX}{role}:{path}", table,
+                                   lambda i, r, role=role, path=path: ((role,), path)))
+    if rule is not None:
+        policies.append(_score("per-kind rule", table, lambda i, r: rule.action(r.kind)))
+    policies.append(_score("think-if-digits", table, lambda i, r: (
+        tuple(gate[i].roles), "think" if has_digits(tasks[i]) else "direct")))
     rng = random.Random(RANDOM_SEED)
     subsets = [s for s in role_subsets(roles, top_k) if len(s) == top_k]
     draws = [(rng.choice(subsets), rng.choice(PATHS)) for _ in table]
@@ -98,7 +196,21 @@ def score_policies(
     for row in table:
         oracle.add(row.kind, _oracle(row))
     policies.append(oracle)
-    return policies, _score("gate (supervised only)", table, lambda i, r: (supervised[i].roles, supervised[i].path))
+    return policies, _score("gate (supervised only)", table,
+                            lambda i, r: (tuple(supervised[i].roles), supervised[i].path))
+
+
+def best_fixed(policies: Sequence[PolicyScore]) -> PolicyScore:
+    """The most accurate policy that ignores the prompt (fixed role and path, always-think,
+    never-think); ties go to the one listed first."""
+    blind = [p for p in policies if p.policy.startswith(FIXED_PREFIX) or p.policy in PROMPT_BLIND]
+    return max(blind, key=lambda p: p.accuracy)
+
+
+def paired_vs(policies: Sequence[PolicyScore], first: str, second: str) -> PairedTest:
+    """McNemar's exact test of two named policies on the same prompts."""
+    by_name = {p.policy: p for p in policies}
+    return mcnemar(by_name[first].correct_flags, by_name[second].correct_flags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,91 +226,7 @@ class Overhead:
 
 def result_json(policies: Sequence[PolicyScore], overhead: Overhead) -> dict[str, Any]:
     """Exactly the object `eval gate --json` prints."""
-    return {"policies": [p.as_json() for p in policies], "gate_overhead_share": round(overhead.share, 4)}
-
-
-def write_report(
-    out_dir: Path,
-    policies: Sequence[PolicyScore],
-    supervised: PolicyScore,
-    overhead: Overhead,
-    table: Sequence[TaskOutcomes],
-    gate_info: Mapping[str, Any],
-    command: str,
-) -> tuple[Path, Path]:
-    """reports/eval-gate.md and eval-gate.png."""
-    from agentstack.offline.bench.report import markdown_table
-
-    kinds = sorted({row.kind for row in table})
-    rows = []
-    for p in [*policies[:1], supervised, *policies[1:]]:
-        rows.append([p.policy, f"{p.accuracy:.3f} ± {p.stderr:.3f}", p.reasoning_tokens, p.generated_tokens,
-                     *(f"{p.by_kind.get(k, [0, 0])[0]}/{p.by_kind.get(k, [0, 0])[1]}" for k in kinds)])
-    table_md = markdown_table(["policy", "accuracy ± s.e.", "reasoning tokens", "generated tokens", *kinds], rows)
-    by_name = {p.policy: p for p in policies}
-    fixed = [p for p in policies if p.policy.startswith("fixed:")]
-    best_fixed = max(fixed, key=lambda p: p.accuracy)
-    think = by_name["always-think"]
-    saved = 1 - by_name["gate"].reasoning_tokens / think.reasoning_tokens if think.reasoning_tokens else 0.0
-    targets = markdown_table(["target", "measured", "met"], [
-        [f"accuracy ≥ best fixed ({best_fixed.policy})",
-         f"{by_name['gate'].accuracy:.3f} vs {best_fixed.accuracy:.3f}",
-         "yes" if by_name["gate"].accuracy >= best_fixed.accuracy - best_fixed.stderr else "no"],
-        ["≥ 40% fewer reasoning tokens than always-think", f"{saved:.1%} fewer",
-         "yes" if saved >= 0.4 else "no"],
-        ["gate cost ≤ 5% of median latency", f"{overhead.share:.2%}", "yes" if overhead.share <= 0.05 else "no"],
-    ])
-    labels = sum(r.think_label for r in table)
-    text = "\n".join([
-        "# eval gate",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"{len(table)} held-out prompts ({', '.join(f'{k}: {sum(r.kind == k for r in table)}' for k in kinds)}); "
-        f"think helps (TWN label) on {labels}. Every policy is read from one table of "
-        f"{len(table) * len(next(iter(table)).outcomes)} engine runs made in this command.",
-        "",
-        table_md,
-        "",
-        targets,
-        "",
-        f"Gate cost: median {statistics.median(overhead.gate_s) * 1000:.1f} ms per request "
-        f"(features + head, {len(overhead.gate_s)} requests one at a time); median request latency "
-        f"{statistics.median(overhead.request_s) * 1000:.0f} ms.",
-        "",
-        f"Gate: top_k={gate_info.get('top_k')}, roles {', '.join(gate_info.get('roles', []))}, "
-        f"features from layer {gate_info.get('layer')}.",
-        "",
-    ])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "eval-gate.md"
-    report.write_text(text, encoding="utf-8")
-    shown = [*policies[:1], supervised, *policies[1:]]
-    plot = _policy_chart(out_dir / "eval-gate.png", "eval gate (held-out prompts)", {
-        "accuracy": {p.policy: p.accuracy for p in shown},
-        "reasoning tokens": {p.policy: float(p.reasoning_tokens) for p in shown},
-        "generated tokens": {p.policy: float(p.generated_tokens) for p in shown},
-    })
-    return report, plot
-
-
-def _policy_chart(path: Path, title: str, panels: Mapping[str, Mapping[str, float]]) -> Path:
-    """One horizontal-bar panel per metric: policy names are long, and there are many."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from agentstack.offline.bench.report import save_figure
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharey=True)
-    for ax, (metric, values) in zip(axes[0], panels.items()):
-        names = list(values)
-        colors = ["#C44E52" if n == "gate" else "#DD8452" if n.startswith("gate") else "#4C72B0" for n in names]
-        bars = ax.barh(names, list(values.values()), color=colors)
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_title(metric)
-        ax.invert_yaxis()
-        ax.margins(x=0.2)
-    fig.suptitle(title)
-    return save_figure(fig, path)
+    paired = paired_vs(policies, "gate", "always-think")
+    return {"policies": [p.as_json() for p in policies], "gate_overhead_share": round(overhead.share, 4),
+            "gate_vs_always_think": {"gate_only": paired.only_first, "always_think_only": paired.only_second,
+                                     "p_value": round(paired.p_value, 4)}}

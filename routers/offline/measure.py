@@ -7,8 +7,8 @@ policy is scored against:
 - TWN labels: a prompt is labelled `think` only where the best think outcome is correct
   and no direct outcome is (thinking changes the outcome);
 - ReMix rewards: each role subset's correctness, looked up while RLOO samples subsets;
-- evaluation: always-think, never-think, fixed roles, random, oracle and the gate are all
-  read from the same table of one run, side by side.
+- evaluation: the gate and every baseline are read from the same table of one run, side
+  by side.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from routers.offline.tasks import Task, reasoning_text
+from routers.offline.scoring import reasoning_text
+from routers.offline.tasks import Task
 from routers.prompt import Path_, max_tokens_for, route_messages
 
 if TYPE_CHECKING:
@@ -78,6 +79,18 @@ def twn_label(outcomes: dict[str, Outcome]) -> bool:
     think = any(o.correct for o in outcomes.values() if o.path == "think")
     direct = any(o.correct for o in outcomes.values() if o.path == "direct")
     return think and not direct
+
+
+def rescore(table: Sequence[TaskOutcomes], tasks: Sequence[Task]) -> list[TaskOutcomes]:
+    """The table with every stored reply scored again by its task, and labels to match:
+    a table measured under an older scorer is read with today's (strict) one."""
+    by_id = {t.id: t for t in tasks}
+    rows = []
+    for row in table:
+        task = by_id[row.task_id]
+        outcomes = {k: o.model_copy(update={"correct": task.score(o.text)}) for k, o in row.outcomes.items()}
+        rows.append(row.model_copy(update={"outcomes": outcomes, "think_label": twn_label(outcomes)}))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The gate's task family: requests where reasoning helps some inputs and not others.
 
-Three kinds of traffic, each scored by code, never by a model:
+Three kinds of traffic, each scored by code, never by a model (strictly, from the answer
+field only: `routers.offline.scoring`):
 
 - `arith-easy` / `arith-hard`: generated word problems of 1 step or 3-4 steps, with a
   worked solution and an exact integer answer (a 135M model answers one step at once, but
@@ -10,23 +11,30 @@ Three kinds of traffic, each scored by code, never by a model:
 - `chat`: plain questions with one short known answer (capitals, opposites).
 
 Everything is drawn from a seeded `random.Random`, so a seed names one exact task list.
+The held-out evaluation set, with its out-of-template kinds, is `routers.offline.heldout`.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from agentstack.chat.tool_prompts import parse_calls
+from routers.offline.scoring import final_answer_text, number_answer, text_answer_matches
 from routers.prompt import route_messages
 
-TaskKind = Literal["arith-easy", "arith-hard", "tool", "chat"]
+TaskKind = Literal["arith-easy", "arith-hard", "tool", "chat", "ood-arith", "units", "multi-turn", "facts"]
 Part = Literal["train", "test"]
+# How a reply is checked: the integer of its answer field, its opening words, or its calls.
+Scoring = Literal["number", "text", "calls"]
+# The kinds the gate is trained on; the held-out set adds out-of-template ones.
 TASK_KINDS: tuple[TaskKind, ...] = ("arith-easy", "arith-hard", "tool", "chat")
+# A generated arithmetic problem as its template and the numbers it was built from: two
+# prompts with the same signature are the same problem, whatever the names and items.
+Signature = tuple[str, tuple[int, ...]]
 
 NAMES = ("Tom", "Ana", "Sam", "Lea", "Omar", "Mia", "Ben", "Zoe", "Raj", "Ivy", "Leo", "Nora")
 ITEMS = ("apples", "pens", "stickers", "coins", "books", "shells", "cards", "marbles", "eggs", "stamps")
@@ -45,13 +53,10 @@ OPPOSITES = (
     ("high", "low"), ("long", "short"), ("rich", "poor"), ("first", "last"), ("in", "out"),
 )
 TOOL_CATEGORIES = ("simple_python", "multiple")
-ANSWER_RE = re.compile(r"Answer:\s*\$?(-?\d+)")
-INT_RE = re.compile(r"-?\d+")
-THINK_CLOSE = "</think>"
 
 # Disjoint seeds: the reasoner's training problems, the gate's training prompts and the
 # held-out evaluation prompts never come from the same stream.
-SEEDS: dict[str, int] = {"reasoner": 11, "train": 23, "test": 37}
+SEEDS: dict[str, int] = {"reasoner": 11, "train": 23, "test": 37, "heldout": 53}
 # Per kind, how many prompts each part holds; tool prompts are capped by BFCL's split.
 SIZES: dict[Part, dict[TaskKind, int]] = {
     "train": {"arith-easy": 40, "arith-hard": 50, "tool": 40, "chat": 22},
@@ -66,6 +71,7 @@ class Problem:
     text: str
     steps: tuple[str, ...]
     answer: int
+    signature: Signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,45 +82,26 @@ class Task:
     kind: TaskKind
     messages: list[dict[str, str]]
     answer: str
+    scoring: Scoring = "number"
     tools: list[dict[str, Any]] | None = None
     worked: tuple[str, ...] = field(default=())
+    signature: Signature | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The request's last message: what a prompt is compared by across task sets."""
+        return self.messages[-1]["content"]
 
     def score(self, text: str) -> bool:
         """Is `text` (the model's whole reply, reasoning included) a correct answer?"""
-        reply = final_answer_text(text)
-        if self.kind == "tool":
+        if self.scoring == "calls":
             from agentstack.offline.bfcl.checker import check
 
-            calls = parse_calls(reply, self.tools or [])
+            calls = parse_calls(final_answer_text(text), self.tools or [])
             return check(_bfcl_example(self.id), calls).correct
-        if self.kind == "chat":
-            return re.search(rf"\b{re.escape(self.answer)}\b", reply, re.IGNORECASE) is not None
-        return extract_int(reply) == int(self.answer)
-
-
-def final_answer_text(text: str) -> str:
-    """The reply after its reasoning block (all of it when there is none)."""
-    end = text.find(THINK_CLOSE)
-    return text[end + len(THINK_CLOSE):] if end >= 0 else text
-
-
-def reasoning_text(text: str) -> str:
-    """The reasoning block of a reply: up to `</think>`, or all of it when the budget ran
-    out before the block closed; empty when the reply did not open one."""
-    stripped = text.lstrip()
-    if not stripped.startswith("<think>"):
-        return ""
-    end = stripped.find(THINK_CLOSE)
-    return stripped if end < 0 else stripped[: end + len(THINK_CLOSE)]
-
-
-def extract_int(text: str) -> int | None:
-    """`Answer: <n>` when written, else the last integer of the text."""
-    match = ANSWER_RE.search(text)
-    if match:
-        return int(match.group(1))
-    numbers = INT_RE.findall(text)
-    return int(numbers[-1]) if numbers else None
+        if self.scoring == "text":
+            return text_answer_matches(text, self.answer)
+        return number_answer(text) == int(self.answer)
 
 
 # Arithmetic
@@ -126,6 +113,8 @@ def make_problem(rng: random.Random, steps: int) -> Problem:
     value = rng.randint(3, 20)
     sentences = [f"{name} has {value} {item}."]
     worked = [f"Start with {value}."]
+    ops: list[str] = []
+    numbers: list[int] = [value]
     for i in range(steps):
         op = rng.choice(("add", "sub", "mul")) if i > 0 else rng.choice(("add", "sub"))
         if op == "mul" and value * 3 > 199:
@@ -136,36 +125,48 @@ def make_problem(rng: random.Random, steps: int) -> Problem:
             n = rng.randint(2, 19)
             sentences.append(rng.choice((f"Then {name} gets {n} more.", f"A friend gives {name} {n} more.")))
             worked.append(f"{value} + {n} = {value + n}.")
+            ops.append("+")
+            numbers.append(n)
             value += n
         elif op == "sub":
             n = rng.randint(1, min(value - 1, 15))
             sentences.append(rng.choice((f"Then {name} gives away {n}.", f"{name} loses {n} of them.")))
             worked.append(f"{value} - {n} = {value - n}.")
+            ops.append("-")
+            numbers.append(n)
             value -= n
         else:
             k = rng.choice((2, 3)) if value * 3 <= 199 else 2
             word = {2: "doubles", 3: "triples"}[k]
             sentences.append(f"Then {name} {word} the number of {item}.")
             worked.append(f"{value} * {k} = {value * k}.")
+            ops.append("*")
+            numbers.append(k)
             value *= k
     question = f"How many {item} does {name} have now?"
-    return Problem(text=" ".join([*sentences, question]), steps=tuple(worked), answer=value)
+    return Problem(text=" ".join([*sentences, question]), steps=tuple(worked), answer=value,
+                   signature=(f"word-problem:{''.join(ops)}", tuple(numbers)))
 
 
-def _arith_tasks(rng: random.Random, kind: TaskKind, count: int, prefix: str,
-                 exclude: frozenset[str] = frozenset()) -> list[Task]:
+def arith_tasks(rng: random.Random, kind: TaskKind, count: int, prefix: str,
+                exclude: frozenset[str] = frozenset(),
+                exclude_signatures: frozenset[Signature] = frozenset()) -> list[Task]:
+    """`count` distinct word problems of `kind`, none of whose text or signature is excluded."""
     tasks: list[Task] = []
     seen = set(exclude)
+    seen_signatures = set(exclude_signatures)
     while len(tasks) < count:
         i = len(tasks)
         steps = 1 if kind == "arith-easy" else rng.choice((3, 4))
         problem = make_problem(rng, steps)
-        if problem.text in seen:
+        if problem.text in seen or problem.signature in seen_signatures:
             continue
         seen.add(problem.text)
+        if exclude_signatures:
+            seen_signatures.add(problem.signature)
         tasks.append(Task(id=f"{prefix}:{kind}:{i}", kind=kind,
                           messages=[{"role": "user", "content": problem.text}],
-                          answer=str(problem.answer), worked=problem.steps))
+                          answer=str(problem.answer), worked=problem.steps, signature=problem.signature))
     return tasks
 
 
@@ -178,7 +179,7 @@ def worked_reply(problem: Problem, *, think: bool) -> str:
 # Chat and tools
 
 
-def _chat_tasks(rng: random.Random, count: int, part: Part, prefix: str) -> list[Task]:
+def chat_tasks(rng: random.Random, count: int, part: Part, prefix: str) -> list[Task]:
     """Capitals and opposites; train and test draw from disjoint halves of each list."""
     def half(pool: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
         cut = len(pool) // 2
@@ -189,7 +190,8 @@ def _chat_tasks(rng: random.Random, count: int, part: Part, prefix: str) -> list
     questions += [(f"What is the opposite of the word '{word}'? Reply with one word.", other)
                   for word, other in opposites]
     rng.shuffle(questions)
-    return [Task(id=f"{prefix}:chat:{i}", kind="chat", messages=[{"role": "user", "content": q}], answer=a)
+    return [Task(id=f"{prefix}:chat:{i}", kind="chat", messages=[{"role": "user", "content": q}], answer=a,
+                 scoring="text")
             for i, (q, a) in enumerate(questions[:count])]
 
 
@@ -204,8 +206,9 @@ def _bfcl_example(task_id: str) -> Any:
     raise KeyError(bfcl_id)
 
 
-def _tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
-                exclude: frozenset[str] = frozenset()) -> list[Task]:
+def tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
+               exclude: frozenset[str] = frozenset()) -> list[Task]:
+    """BFCL prompts of the train split (`train`) or the dev split (any other part)."""
     from agentstack.offline.bfcl.dataset import examples
 
     pool = [e for c in TOOL_CATEGORIES for e in examples(c, "train" if part == "train" else "dev")
@@ -213,7 +216,7 @@ def _tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
     chosen = rng.sample(pool, min(count, len(pool)))
     return [Task(id=f"{prefix}:tool:{e.id}", kind="tool",
                  messages=[{"role": str(m["role"]), "content": str(m["content"])} for m in e.messages],
-                 answer=json.dumps(e.ground_truth), tools=list(e.functions))
+                 answer=json.dumps(e.ground_truth), scoring="calls", tools=list(e.functions))
             for e in chosen]
 
 
@@ -226,10 +229,10 @@ def gate_tasks(part: Part) -> list[Task]:
     exclude = frozenset() if part == "train" else frozenset(
         t.messages[-1]["content"] for t in gate_tasks("train"))
     tasks = (
-        _arith_tasks(rng, "arith-easy", sizes["arith-easy"], part, exclude)
-        + _arith_tasks(rng, "arith-hard", sizes["arith-hard"], part, exclude)
-        + _tool_tasks(rng, sizes["tool"], part, part, exclude)
-        + _chat_tasks(rng, sizes["chat"], part, part)
+        arith_tasks(rng, "arith-easy", sizes["arith-easy"], part, exclude)
+        + arith_tasks(rng, "arith-hard", sizes["arith-hard"], part, exclude)
+        + tool_tasks(rng, sizes["tool"], part, part, exclude)
+        + chat_tasks(rng, sizes["chat"], part, part)
     )
     return tasks
 
@@ -247,19 +250,27 @@ def first_per_kind(tasks: list[Task], limit: int | None) -> list[Task]:
     return chosen
 
 
-def reasoner_chats(count: int = 480, seed: int = SEEDS["reasoner"]) -> list[dict[str, Any]]:
-    """The reasoner's training chats: each problem once on the think path (steps, then the
-    answer) and once on the direct path (the answer line only); a third are 1-step."""
+def reasoner_problems(count: int = 480, seed: int = SEEDS["reasoner"]) -> list[tuple[int, Problem]]:
+    """The reasoner's training problems with their draw numbers; a third are 1-step, and
+    none is one of the gate's `train` or `test` prompts."""
     rng = random.Random(seed)
     held_out = {t.messages[0]["content"] for p in ("train", "test") for t in gate_tasks(p)
                 if t.kind.startswith("arith")}
-    chats: list[dict[str, Any]] = []
+    problems: list[tuple[int, Problem]] = []
     i = 0
-    while len(chats) < 2 * count:
+    while len(problems) < count:
         problem = make_problem(rng, 1 if i % 3 == 0 else rng.choice((2, 3, 4)))
         i += 1
-        if problem.text in held_out:
-            continue
+        if problem.text not in held_out:
+            problems.append((i, problem))
+    return problems
+
+
+def reasoner_chats(count: int = 480, seed: int = SEEDS["reasoner"]) -> list[dict[str, Any]]:
+    """The reasoner's training chats: each problem once on the think path (steps, then the
+    answer) and once on the direct path (the answer line only)."""
+    chats: list[dict[str, Any]] = []
+    for i, problem in reasoner_problems(count, seed):
         for think in (True, False):
             prompt = route_messages([{"role": "user", "content": problem.text}], None, think=think)
             reply = worked_reply(problem, think=think)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import random
 import re
 
-from routers.offline.tasks import (
-    final_answer_text,
-    gate_tasks,
-    make_problem,
-    reasoner_chats,
-    reasoning_text,
-)
+from routers.offline.scoring import final_answer_text, reasoning_text
+from routers.offline.tasks import gate_tasks, make_problem, reasoner_chats
 from routers.prompt import route_messages
 
 
@@ -50,7 +45,8 @@ def test_scoring() -> None:
     assert arith.score(f"<think>so 3 + 4 = 7</think>\nAnswer: {arith.answer}")
     assert not arith.score(f"<think>the answer is {arith.answer}</think>\nAnswer: {int(arith.answer) + 1}")
     chat = next(t for t in gate_tasks("test") if t.kind == "chat")
-    assert chat.score(f"It is {chat.answer}.") and not chat.score("I do not know.")
+    assert chat.score(f"{chat.answer}.") and not chat.score("I do not know.")
+    assert chat.score(f"It is {chat.answer}.") and not chat.score(f"Not {chat.answer}.")
     tool = next(t for t in gate_tasks("test") if t.kind == "tool")
     assert not tool.score('{"name": "nothing", "arguments": {}}')
 
