@@ -8,7 +8,7 @@ beyond the GIL); a collector turns them into ``agentstack:kv_cache_*`` series wh
 |---|---|---|
 | ``agentstack:kv_cache_hit_tokens_total`` | tier, mode | prompt tokens served from a tier |
 | ``agentstack:kv_cache_miss_tokens_total`` | mode | prompt tokens looked up and not found |
-| ``agentstack:kv_cache_cross_role_reuses_total`` | mode | lookups that reused another role's blocks |
+| ``agentstack:kv_cache_cross_role_reuses_total`` | mode | tier lookups that reused another role's blocks (within one engine the shared modes' reuse is vLLM's own prefix-cache hit) |
 | ``agentstack:kv_cache_evictions_total`` | tier | blocks evicted for capacity |
 | ``agentstack:kv_cache_tier_faults_total`` | tier | tier operations that failed (served as misses) |
 | ``agentstack:kv_cache_bytes`` | tier | bytes of blocks held now |

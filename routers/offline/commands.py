@@ -128,6 +128,9 @@ async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
     config = MeasureConfig(roles=tuple(gate.spec.roles), max_k=gate.spec.top_k)
     resolver = resolver_for(service)
     extractor = FeatureExtractor(service.model_dir(), layer=gate.spec.features.layer).load()
+    # Read (and rescore) the training table before the long measurement: a table that no
+    # longer matches the training prompts fails here, not after it.
+    trained = training_table(rule_from) if rule_from is not None else None
     with progress_bars(show) as start:
         tick = start("measure held-out prompts", len(tasks) * n_actions(config))
         table = await measure(service, resolver, tasks, config, on_done=tick)
@@ -153,7 +156,7 @@ async def evaluate_gate(service: Service, gate_dir: Path, *, show: bool,
             gate_s.append(gate_done - started)
             request_s.append(time.perf_counter() - started)
             tick()
-    rule = kind_rule(training_table(rule_from), table_actions(table)) if rule_from is not None else None
+    rule = kind_rule(trained, table_actions(table)) if trained is not None else None
     policies, supervised_score = score_policies(table, tasks, decisions, supervised, gate.spec.roles,
                                                 gate.spec.top_k, rule)
     info = {"top_k": gate.spec.top_k, "roles": gate.spec.roles, "layer": gate.spec.features.layer}

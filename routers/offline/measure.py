@@ -14,6 +14,7 @@ policy is scored against:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import time
@@ -69,6 +70,9 @@ class TaskOutcomes(BaseModel):
     kind: str
     outcomes: dict[str, Outcome]
     think_label: bool = Field(description="Thinking is correct where no direct action is.")
+    prompt_digest: str | None = Field(
+        default=None, description="`prompt_digest` of the task measured, so a reread table is "
+        "checked against today's prompts (absent in tables measured before it existed).")
 
     def outcome(self, roles: Sequence[str], path: Path_) -> Outcome:
         return self.outcomes[action_key(roles, path)]
@@ -81,13 +85,28 @@ def twn_label(outcomes: dict[str, Outcome]) -> bool:
     return think and not direct
 
 
+def prompt_digest(task: Task) -> str:
+    """What the task asks, as one digest (its messages and tools)."""
+    return hashlib.sha256(json.dumps([task.messages, task.tools], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StaleOutcomes(ValueError):
+    """A measured table names prompts that today's task list no longer has."""
+
+
 def rescore(table: Sequence[TaskOutcomes], tasks: Sequence[Task]) -> list[TaskOutcomes]:
     """The table with every stored reply scored again by its task, and labels to match:
-    a table measured under an older scorer is read with today's (strict) one."""
+    a table measured under an older scorer is read with today's (strict) one.
+
+    Raises:
+        StaleOutcomes: a row's task is gone or asks something else now; measure again."""
     by_id = {t.id: t for t in tasks}
     rows = []
     for row in table:
-        task = by_id[row.task_id]
+        task = by_id.get(row.task_id)
+        if task is None or (row.prompt_digest is not None and row.prompt_digest != prompt_digest(task)):
+            raise StaleOutcomes(f"the measured table's task {row.task_id!r} is not today's; "
+                                "measure the table again (`agentstack gate train`)")
         outcomes = {k: o.model_copy(update={"correct": task.score(o.text)}) for k, o in row.outcomes.items()}
         rows.append(row.model_copy(update={"outcomes": outcomes, "think_label": twn_label(outcomes)}))
     return rows
@@ -155,7 +174,8 @@ async def measure(
     by_task: dict[str, dict[str, Outcome]] = {t.id: {} for t in tasks}
     for task_id, key, outcome in results:
         by_task[task_id][key] = outcome
-    return [TaskOutcomes(task_id=t.id, kind=t.kind, outcomes=by_task[t.id], think_label=twn_label(by_task[t.id]))
+    return [TaskOutcomes(task_id=t.id, kind=t.kind, outcomes=by_task[t.id], think_label=twn_label(by_task[t.id]),
+                         prompt_digest=prompt_digest(t))
             for t in tasks]
 
 

@@ -20,12 +20,13 @@ evaluation accuracy, so every path that scores a reply goes through here:
 from __future__ import annotations
 
 import re
+import unicodedata
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 # One answer line: the label at the start of a line, then the number as its first token
 # (a unit word may follow; a decimal may not, it is a different number).
-ANSWER_LINE_RE = re.compile(r"^\s*answer:\s*\$?(-?\d+(?:,\d{3})*)(?![\d.,]*\d)", re.IGNORECASE | re.MULTILINE)
+ANSWER_LINE_RE = re.compile(r"^\s*answer:\s*\$?(-?\d+(?:,\d{3})*)(?![\d.,]*\d|\s*[/%])", re.IGNORECASE | re.MULTILINE)
 BARE_NUMBER_RE = re.compile(r"\$?(-?\d+(?:,\d{3})*)\.?")
 # A call line of the tool roles (`{"name": ..., "arguments": ...}`, well formed or not)
 # or the call markup of chat templates.
@@ -33,6 +34,10 @@ CALL_RE = re.compile(r'\{\s*"name"\s*:|<tool_call>|"arguments"\s*:', re.IGNORECA
 WORD_RE = re.compile(r"[a-z0-9]+")
 SENTENCE_END_RE = re.compile(r"[.!?\n]")
 COPULAS = frozenset({"is", "are", "was", "were"})
+# What may follow an answer that opens the reply: the end, punctuation that closes or
+# continues the sentence, or a copula ("Lisbon is ..."); not "?", "or", or more name.
+AFTER_OPENING_RE = re.compile(r"\s*($|[.!,;:)\n]|(is|are|was|were)\b)")
+OR_RE = re.compile(r"\bor\b")
 ARTICLES = frozenset({"the", "a", "an"})
 
 
@@ -76,11 +81,25 @@ def number_answer(text: str) -> int | None:
     return values.pop() if len(values) == 1 else None
 
 
+def _normalized(text: str) -> str:
+    """Lower case without accents ("Bogotá" is "bogota")."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def _words(text: str) -> list[str]:
-    words = WORD_RE.findall(text.lower())
-    if words[:1] == ["answer"]:
-        words = words[1:]
-    return words[1:] if words[:1] and words[0] in ARTICLES else words
+    return WORD_RE.findall(_normalized(text))
+
+
+def _opens_with(field: str, expected: list[str]) -> bool:
+    """The answer field starts with the answer (after an `Answer:` label and an article),
+    and what follows does not turn it into a question, a choice or a longer name."""
+    text = re.sub(r"^\s*answer\s*:\s*", "", _normalized(field))
+    text = re.sub(r"^(the|a|an)\s+", "", text)
+    opening = re.match(r"\W*".join(map(re.escape, expected)) + r"(?P<rest>.*)", text, re.DOTALL)
+    if opening is None or AFTER_OPENING_RE.match(opening.group("rest")) is None:
+        return False
+    return OR_RE.search(SENTENCE_END_RE.split(opening.group("rest"), maxsplit=1)[0]) is None
 
 
 def text_answer_matches(text: str, answer: str) -> bool:
@@ -91,16 +110,13 @@ def text_answer_matches(text: str, answer: str) -> bool:
     expected = _words(answer)
     if not expected:
         return False
-    words = _words(field)
-    if words[: len(expected)] == expected:
-        return True
-    return _closes_first_sentence(field, expected)
+    return _opens_with(field, expected) or _closes_first_sentence(field, expected)
 
 
 def _closes_first_sentence(field: str, expected: list[str]) -> bool:
     """"The capital of Italy is Rome.": the first sentence ends in a copula, an optional
     article, then the answer."""
-    words = WORD_RE.findall(SENTENCE_END_RE.split(field.strip().lower(), maxsplit=1)[0])
+    words = _words(SENTENCE_END_RE.split(field.strip(), maxsplit=1)[0])
     if words[-len(expected):] != expected:
         return False
     before = words[: -len(expected)]

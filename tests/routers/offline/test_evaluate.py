@@ -17,7 +17,15 @@ from routers.offline.evaluate import (
     score_policies,
     table_actions,
 )
-from routers.offline.measure import Outcome, TaskOutcomes, action_key, rescore, twn_label
+from routers.offline.measure import (
+    Outcome,
+    StaleOutcomes,
+    TaskOutcomes,
+    action_key,
+    prompt_digest,
+    rescore,
+    twn_label,
+)
 from routers.offline.report import write_report
 from routers.offline.stats import exact_binomial_two_sided, mcnemar, standard_error
 from routers.offline.tasks import Task
@@ -187,3 +195,19 @@ def test_rescore_applies_the_strict_scorer_to_stored_replies() -> None:
 def test_per_kind_rule_needs_a_shared_action() -> None:
     with pytest.raises(ValueError, match="share no action"):
         kind_rule([], ACTIONS)
+
+
+def test_rescore_refuses_a_table_measured_on_other_prompts() -> None:
+    task = Task(id="t:chat:0", kind="chat", messages=[{"role": "user", "content": "Capital of Portugal?"}],
+                answer="Lisbon", scoring="text")
+    outcome = Outcome(roles=["a"], path="direct", correct=True, generated_tokens=1, reasoning_tokens=0,
+                      latency_s=0.1, text="Lisbon.")
+    row = TaskOutcomes(task_id=task.id, kind="chat", outcomes={"a|direct": outcome}, think_label=False,
+                       prompt_digest=prompt_digest(task))
+    assert rescore([row], [task])[0].outcomes["a|direct"].correct
+    changed = Task(id=task.id, kind="chat", messages=[{"role": "user", "content": "Capital of Spain?"}],
+                   answer="Madrid", scoring="text")
+    with pytest.raises(StaleOutcomes, match="t:chat:0"):
+        rescore([row], [changed])
+    with pytest.raises(StaleOutcomes):
+        rescore([row], [])

@@ -80,3 +80,20 @@ def test_an_unclosed_think_block_has_no_answer_field() -> None:
     assert answer_field("<think>so it is 5") is None
     assert answer_field("<think>ok</think>\n Answer: 5 ") == "Answer: 5"
     assert answer_field("Answer: 5") == "Answer: 5"
+
+
+@pytest.mark.parametrize(("reply", "answer", "counts"), [
+    ("Lisbon or Porto?", "Lisbon", False),
+    ("Lisbon? No, Porto.", "Lisbon", False),
+    ("Lisbon, or maybe Porto.", "Lisbon", False),
+    ("George Washington Carver", "George Washington", False),
+    ("Bogotá.", "Bogota", True),
+    ("Answer: Reykjavík", "Reykjavik", True),
+])
+def test_an_opening_answer_must_stand_on_its_own(reply: str, answer: str, counts: bool) -> None:
+    assert text_answer_matches(reply, answer) is counts
+
+
+@pytest.mark.parametrize("reply", ["Answer: 17/2", "Answer: 17%"])
+def test_a_fraction_or_percentage_is_not_the_integer(reply: str) -> None:
+    assert number_answer(reply) is None
