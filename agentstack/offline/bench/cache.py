@@ -75,6 +75,9 @@ PROBE_QUESTIONS = (
 SERVED_MODES = ("non-shared", "full-shared", "decomposed")
 SERVED_COMMAND = (sys.executable, "-m", "agentstack.cli", "bench", "cache-served")
 """One mode's engine per process: the hidden CLI command around `served_mode`."""
+SERVED_KV_CACHE_GIB = 3
+"""Engine KV space: every role's copy of the whole workload fits, so the engine's block
+count after it is not cut by eviction (non-shared holds k copies)."""
 SERVED_MEMORY_BYTES = 4 << 30
 """The served memory tier holds the whole workload, so bytes per token are not cut by eviction."""
 
@@ -223,7 +226,7 @@ def served_mode(
             cache_stats.update(snapshot.cache_stats)
 
     settings = Settings(cache={"mode": mode, "memory_capacity_bytes": SERVED_MEMORY_BYTES}, redis_url=redis_url,
-                        kv_cache_space_gib=1)
+                        kv_cache_space_gib=SERVED_KV_CACHE_GIB)
     roles = probe or BFCL_ROLES
     engine = Engine(settings, prepare(settings.models_dir).path, on_scheduler_stats=on_stats)
     engine.start()
