@@ -8,8 +8,9 @@ function masking and irrelevance augmentation), all from the train split:
 - the question's functions sit among unrelated ones (a few, or a long toolbox of
   `LONG_TOOLBOX_TOKENS` in `LONG_SHARE` of the examples), so the roles read the contexts
   the shared cache is for;
-- in `MASKED_SHARE` of the examples every function and parameter name is a random
-  identifier, so the choice must come from the descriptions;
+- in `MASKED_SHARE` of the examples the question's function and parameter names are
+  random identifiers, so the choice must come from the descriptions (distractors keep
+  their names, which leaves a cue; the shipped adapters were trained so);
 - `IRRELEVANT_SHARE` more examples list everything but the question's functions: the
   selector and `single` answer `none` (the tool-calling path then answers in words).
 
