@@ -43,15 +43,16 @@ def test_full_shared_reuses_across_roles_and_engine_processes(tmp_path: Path) ->
 
 
 def context_blocks(served: dict[str, Any]) -> int:
-    """Full blocks of the writer's prompt (the shared context and its question)."""
-    return served["rows"][0]["prompt_tokens"] // served["block_size"]
+    """The engine's full blocks of the writer's prompt (the shared context and its question)."""
+    return served["rows"][0]["prompt_tokens"] // served["engine_block_size"]
 
 
 def test_non_shared_is_vllm_alone(tmp_path: Path, redis_url: str) -> None:
     served = serve("non-shared", redis_url, tmp_path / "rows.json")
     assert [r["cached_tokens"] for r in served["rows"]] == [0, 0]
     assert served["cache_stats"] == {}
-    assert served["engine_blocks"] >= 2 * context_blocks(served) - 2, "each role keeps its own copy"
+    assert context_blocks(served) >= 1
+    assert served["engine_blocks"] >= 2 * context_blocks(served), "each role keeps its own copy"
 
 
 def test_redis_down_fails_no_request(tmp_path: Path, dead_redis_url: str) -> None:

@@ -79,5 +79,5 @@ def test_decomposed_reader_reuses_the_writers_prefix(tmp_path: Path, redis_url: 
     assert writer["cached_tokens"] == 0
     assert reader["cached_tokens"] >= 128, "the reader should load the writer's context blocks"
     assert reader["prompt_tokens"] - reader["cached_tokens"] < writer["prompt_tokens"] - 100
-    context_blocks = writer["prompt_tokens"] // served["block_size"]
+    context_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] <= context_blocks + 2, "the reader reads the writer's blocks in place"

@@ -258,6 +258,8 @@ def served_mode(
                 completers.append(completer)
         result["workload_s"] = time.perf_counter() - started
         result["engine_blocks"] = await engine.cached_blocks() - blocks_before
+        # vLLM's own block size: the cache's in the shared modes, vLLM's default otherwise.
+        result["engine_block_size"] = engine.llm.vllm_config.cache_config.block_size
         # The connector reports its counters at most once per interval: one more step
         # after it has passed carries the final figures.
         await asyncio.sleep(STATS_INTERVAL_S + 0.5)
@@ -327,7 +329,7 @@ def _served_figures(row: ModeRow, served: dict[str, Any]) -> None:
         row.engine_blocks_per_prompt = run["engine_blocks"] / rounds
         context_tokens = sum(r["prompt_tokens"] for r in rows if r["role"] == BFCL_ROLES[0])
         row.engine_bytes_per_shared_token = round(
-            run["engine_blocks"] * run["block_size"] * row.paged_bytes_per_token / context_tokens, 1)
+            run["engine_blocks"] * run["engine_block_size"] * row.paged_bytes_per_token / context_tokens, 1)
     row.served_ttft_p50_s = _percentile(ttfts, 50)
     row.served_ttft_p99_s = _percentile(ttfts, 99)
     row.served_reader_ttft_s = sum(r["ttft_s"] for r in readers) / len(readers)
