@@ -222,22 +222,19 @@ def tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
 
 def gate_tasks(part: Part) -> list[Task]:
     """The gate's training (`train`) or held-out (`test`) prompts, in a fixed order."""
+    rng = random.Random(SEEDS[part])
     sizes = SIZES[part]
-
-    def rng(kind: str) -> random.Random:
-        # One stream per kind: a change to one kind's pool (say BFCL's split) leaves the
-        # other kinds' prompts, and their ids in a measured table, as they were.
-        return random.Random(f"{SEEDS[part]}:{kind}")
-
     # Held-out problems never repeat a training one (1-step problems can collide).
     # BFCL also repeats a question across categories with other functions.
     exclude = frozenset() if part == "train" else frozenset(
         t.messages[-1]["content"] for t in gate_tasks("train"))
+    # NOTE: one stream for all kinds, so a change to one kind's pool (BFCL's split) moves
+    # the others' prompts too; measured tables carry prompt digests to catch that.
     return (
-        arith_tasks(rng("arith-easy"), "arith-easy", sizes["arith-easy"], part, exclude)
-        + arith_tasks(rng("arith-hard"), "arith-hard", sizes["arith-hard"], part, exclude)
-        + tool_tasks(rng("tool"), sizes["tool"], part, part, exclude)
-        + chat_tasks(rng("chat"), sizes["chat"], part, part)
+        arith_tasks(rng, "arith-easy", sizes["arith-easy"], part, exclude)
+        + arith_tasks(rng, "arith-hard", sizes["arith-hard"], part, exclude)
+        + tool_tasks(rng, sizes["tool"], part, part, exclude)
+        + chat_tasks(rng, sizes["chat"], part, part)
     )
 
 

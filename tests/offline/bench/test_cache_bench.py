@@ -93,6 +93,6 @@ def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_se
     assert {r["role"] for r in readers} >= {"single"}
     for reader in readers:
         assert reader["cached_tokens"] >= MIN_CONTEXT_TOKENS - 32, reader["role"]
-    assert [o["id"] for o in served["outcomes"]] == ["multiple_6"]
+    assert [o["id"] for o in served["outcomes"]] == ["multiple_11"]
     writer_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] < 2 * writer_blocks, "the readers read the selector's engine blocks in place"

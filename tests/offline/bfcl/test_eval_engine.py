@@ -23,7 +23,7 @@ def test_eval_bfcl_cli_scores_trained_and_untrained_categories(
            "AGENTSTACK_REDIS_PREFIX": "eval-test"}
     command = [sys.executable, "-m", "agentstack.cli", "eval", "bfcl",
                "--category", "simple_python", "--category", "irrelevance",
-               "--mode", "base", "--mode", "roles", "--limit", "12",
+               "--mode", "base", "--mode", "roles", "--limit", "3",
                "--report-dir", str(tmp_path / "reports"), "--json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -35,11 +35,10 @@ def test_eval_bfcl_cli_scores_trained_and_untrained_categories(
         assert set(r) == {"category", "mode", "listing", "n", "correct", "accuracy", "by_position",
                           "position_spread"}
         assert r["listing"] == "as given"
-        assert r["n"] == 12 and 0 <= r["correct"] <= 12
-        assert r["accuracy"] == pytest.approx(r["correct"] / 12, abs=1e-4)
+        assert r["n"] == 3 and 0 <= r["correct"] <= 3
+        assert r["accuracy"] == pytest.approx(r["correct"] / 3, abs=1e-4)
     by = {(r["category"], r["mode"]): r for r in results}
-    # The shipped roles solve about half of simple_python's dev split (docs/TOOL_ROLES.md).
-    assert by[("simple_python", "roles")]["correct"] >= 3, "the trained roles should solve simple calls"
+    assert by[("simple_python", "roles")]["correct"] >= 2, "the trained roles should solve simple calls"
     report = (tmp_path / "reports" / "eval-bfcl.md").read_text()
     assert "simple_python" in report and (tmp_path / "reports" / "eval-bfcl.png").stat().st_size > 0
 
