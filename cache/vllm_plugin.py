@@ -66,6 +66,21 @@ def version_supported(vllm_version: str) -> bool:
     return vllm_version.split("+")[0] == SUPPORTED_VLLM_VERSION
 
 
+def patch_applies(patch: str, without_it: str, vllm_version: str | None = None) -> bool:
+    """Whether a patch written for ``SUPPORTED_VLLM_VERSION`` may go into this vLLM
+    (``vllm_version``, default the installed one); if not, one warning saying what
+    ``patch`` is and what staying ``without_it`` means."""
+    if vllm_version is None:
+        import vllm
+
+        vllm_version = vllm.__version__
+    if version_supported(vllm_version):
+        return True
+    logger.warning("agentstack: %s written for vLLM %s; this is vLLM %s, so %s",
+                   patch, SUPPORTED_VLLM_VERSION, vllm_version, without_it)
+    return False
+
+
 def _no_adapter_keys(request: Any) -> list[tuple[str, str, str]]:
     """Replaces ``kv_cache_utils._gen_lora_extra_hash_keys``: a block's key leaves the
     adapter out (tokens, parent block and tenant salt remain)."""
@@ -86,16 +101,8 @@ def install_shared_block_keys(vllm_version: str | None = None) -> bool:
     Called by the connector's scheduler side in those modes only; `non-shared` engines
     keep vLLM's keys. Returns whether the keys are shared (not on another vLLM release).
     """
-    if vllm_version is None:
-        import vllm
-
-        vllm_version = vllm.__version__
-    if not version_supported(vllm_version):
-        logger.warning(
-            "agentstack: shared prefix-cache keys are written for vLLM %s; this is vLLM %s, so "
-            "each role keeps its own engine copy of a shared context (the cache tiers still share it)",
-            SUPPORTED_VLLM_VERSION, vllm_version,
-        )
+    if not patch_applies("shared prefix-cache keys are", "each role keeps its own engine copy of a shared "
+                         "context (the cache tiers still share it)", vllm_version):
         return False
     from vllm.v1.core import kv_cache_utils
 

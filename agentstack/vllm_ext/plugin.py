@@ -13,12 +13,9 @@ vLLM release and leaves any other release untouched, with one warning.
 
 from __future__ import annotations
 
-import logging
 import os
 
-from cache.vllm_plugin import SUPPORTED_VLLM_VERSION, version_supported
-
-logger = logging.getLogger(__name__)
+from cache.vllm_plugin import SUPPORTED_VLLM_VERSION, patch_applies  # noqa: F401  (the release, re-exported)
 
 ENABLE_ENV = "AGENTSTACK_GROUPED_LORA"
 
@@ -33,16 +30,8 @@ def install_grouped_lora(vllm_version: str | None = None) -> bool:
     Idempotent; does nothing when turned off or on another vLLM release."""
     if not grouped_lora_enabled():
         return False
-    if vllm_version is None:
-        import vllm
-
-        vllm_version = vllm.__version__
-    if not version_supported(vllm_version):
-        logger.warning(
-            "agentstack: grouped LoRA ops are written for vLLM %s; this is vLLM %s, so its own "
-            "LoRA ops stay in use (LoRA prefill on CPU will be much slower)",
-            SUPPORTED_VLLM_VERSION, vllm_version,
-        )
+    if not patch_applies("grouped LoRA ops are", "its own LoRA ops stay in use (LoRA prefill on CPU "
+                         "will be much slower)", vllm_version):
         return False
     use_grouped_lora(True)
     return True
