@@ -1,21 +1,25 @@
 """Chat examples for the tool roles, built from the train part of the trained categories.
 
 Every role sees the same examples; only the tail of the chat differs (see
-`agentstack.chat.tool_prompts`). The recipe teaches reading, not position (after Hammer's
-function masking and irrelevance augmentation), all from the train split:
+`agentstack.chat.tool_prompts`). The recipe teaches reading, not position or size (after
+Hammer's function masking and irrelevance augmentation), all from the train split:
 
 - every listing is shuffled, so the right function sits at every position;
 - the question's functions sit among unrelated ones (a few, or a long toolbox of
   `LONG_TOOLBOX_TOKENS` in `LONG_SHARE` of the examples), so the roles read the contexts
   the shared cache is for;
-- in `MASKED_SHARE` of the examples the question's function and parameter names are
-  random identifiers, so the choice must come from the descriptions (distractors keep
-  their names, which leaves a cue; the shipped adapters were trained so);
-- `IRRELEVANT_SHARE` more examples list everything but the question's functions: the
-  selector and `single` answer `none` (the tool-calling path then answers in words).
+- irrelevance copies (`IRRELEVANT_SHARE` of the few-function listings, the lower
+  `LONG_IRRELEVANT_SHARE` of the long toolboxes) ask a question among unrelated functions
+  only, sized like the answered listings of the same kind: the selector and `single`
+  answer `none` (the tool-calling path then answers in words), and `none` says nothing
+  about a listing's size;
+- in `MASKED_SHARE` of each kind of example every name in the listing, function and
+  parameter, is a random identifier, so the choice must come from the descriptions.
 
-BFCL's trained categories always have a function to call, so irrelevance comes only
-from removing it; nothing from evaluation-only categories is used.
+Distractors are never the question's own functions nor look like them (`unrelated_functions`):
+an irrelevance copy that still listed a function answering its question would teach a
+wrong `none`. BFCL's trained categories always have a function to call, so irrelevance
+comes only from leaving it out; nothing from evaluation-only categories is used.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import copy
 import enum
 import json
 import random
+import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +54,19 @@ DATA_SEED = 7
 # the train split, the same BFCL ids for every role.
 TRAIN_PER_CATEGORY = {"simple_python": 100, "multiple": 50, "parallel": 50, "parallel_multiple": 50}
 MASKED_SHARE = 0.2
+# Irrelevance copies per answered listing of the same kind. Long toolboxes get fewer: a
+# 135M model took "long listing -> none" from copies of them, and there the answer is
+# what is hard to find.
 IRRELEVANT_SHARE = 0.2
+LONG_IRRELEVANT_SHARE = 0.1
 LONG_SHARE = 0.3
 # Long toolboxes span the sizes evaluated (`eval bfcl --toolbox 1500` counts real tokens;
 # the estimate here runs about 5% above the packaged tokenizer's count).
 LONG_TOOLBOX_TOKENS = (700, 1650)
 MAX_FEW_DISTRACTORS = 3
+# Listing sizes the mix is reported and tested by: functions listed, and listing tokens.
+FUNCTION_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 1), (2, 3), (4, 7), (8, None))
+TOKEN_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 299), (300, 599), (600, 1099), (1100, None))
 
 Function = dict[str, Any]
 
@@ -83,29 +96,183 @@ def train_examples(seed: int = DATA_SEED) -> list[BfclExample]:
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    """One training question as a role sees it: the functions listed, the calls to make."""
+    """One training question as a role sees it: the functions listed, the calls to make
+    (none for an irrelevance copy), and how the listing was made."""
 
     id: str
     messages: list[dict[str, Any]]
     functions: list[Function]
     calls: list[Call]
+    masked: bool = False
+    long_toolbox: bool = False
 
 
-def _identifier(rng: random.Random, prefix: str) -> str:
-    return prefix + "".join(rng.choice(string.ascii_lowercase) for _ in range(7))
+# Words that say nothing about what a function is for: stopwords, and the verbs and nouns
+# every function description uses.
+_GENERIC_WORDS = frozenset("""
+    the and for with from into over under about between within than this that these those
+    what which who whom whose how when where why can will would should could does did has
+    have had not yes also only its their his her your you are was were been being get find
+    fetch retrieve calculate calc compute determine estimate search lookup query perform make
+    return give provide using use used based given specific specified certain particular
+    information info data detail details function value values number numbers two one all
+    any each some list type name default optional required parameter tell show please help
+    want need like know new
+""".split())
+# One topic: "What is 12 times 7?" is answered by a calculator and by `multiply` alike.
+_ARITHMETIC_WORDS = frozenset("""
+    arithmetic calculator times multiply multiplied multiplication product plus add added
+    adding addition sum minus subtract subtraction difference divide divided division
+    quotient expression math maths mathematical
+""".split())
+_STEM_CHARS = 5
+
+
+@cache
+def _topic_words(text: str) -> frozenset[str]:
+    """A text's content words, cut to their first letters (`convert`, `converter` and
+    `conversion` match); camelCase and snake_case names split into words."""
+    words: set[str] = set()
+    for word in re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()):
+        if word in _ARITHMETIC_WORDS:
+            words.add("arithmetic")
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        if len(word) >= 3 and word not in _GENERIC_WORDS:
+            words.add(word[:_STEM_CHARS])
+    return frozenset(words)
+
+
+def _question_text(messages: Iterable[dict[str, Any]]) -> str:
+    return " ".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    """What a function is about: the words of its name and of its description."""
+
+    name: frozenset[str]
+    description: frozenset[str]
+
+    @classmethod
+    def of(cls, function: Function) -> _Topic:
+        return cls(_topic_words(str(function["name"])), _topic_words(str(function.get("description") or "")))
+
+
+def _alike(candidate: _Topic, about: frozenset[str], own: Sequence[_Topic]) -> bool:
+    """Whether `candidate` may answer a question as the entry's own functions do: half its
+    name's words are `about` (the question and those functions), or it shares half the
+    words of its description or of one of theirs (the shorter)."""
+    if candidate.name and 2 * len(candidate.name & about) >= len(candidate.name):
+        return True
+    for topic in own:
+        shared = len(candidate.description & topic.description)
+        if shared >= 2 and 2 * shared >= min(len(candidate.description), len(topic.description)):
+            return True
+    return False
+
+
+def unrelated_functions(example: BfclExample, pool: Sequence[Function]) -> list[Function]:
+    """The functions of `pool` that may sit in `example`'s listings as distractors: not its
+    own and not alike them or its question, so that neither the answered listing has a
+    second right answer nor an irrelevance copy a function that answers (`12 times 7`
+    with a calculator listed is never a `none`). Errs on leaving out."""
+    own_names = set(function_names(example.functions))
+    own = [_Topic.of(f) for f in example.functions]
+    about = _topic_words(_question_text(example.messages)).union(*(t.name | t.description for t in own))
+    return [f for f in pool if f["name"] not in own_names and not _alike(_Topic.of(f), about, own)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A listing before masking. `budget` is the long toolbox's token budget (None for a
+    few functions); an irrelevance copy made in its shape gets the same size."""
+
+    id: str
+    example: BfclExample
+    functions: list[Function]
+    calls: list[Call]
+    budget: int | None
+
+
+def _fill(functions: list[Function], candidates: Sequence[Function], budget: int) -> list[Function]:
+    """`functions`, then candidates in order while the listing stays within `budget` tokens."""
+    listed = list(functions)
+    size = listing_tokens(listed, approx_tokens)
+    for function in candidates:
+        cost = listing_tokens([function], approx_tokens) + 1
+        if size + cost > budget:
+            break
+        listed.append(function)
+        size += cost
+    return listed
+
+
+def _answered(example: BfclExample, unrelated: Sequence[Function], seed: int) -> _Draft:
+    """The question among its own functions and unrelated ones, shuffled."""
+    rng = random.Random(f"{seed}:{example.id}")
+    functions = list(example.functions)
+    budget = None
+    if rng.random() < LONG_SHARE:
+        budget = rng.randint(*LONG_TOOLBOX_TOKENS)
+        listed = _fill(functions, rng.sample(list(unrelated), len(unrelated)), budget)
+    else:
+        listed = functions + rng.sample(list(unrelated), min(len(unrelated), rng.randint(0, MAX_FEW_DISTRACTORS)))
+    rng.shuffle(listed)
+    return _Draft(example.id, example, listed, example.reference_calls(), budget)
+
+
+def _refused(example: BfclExample, unrelated: Sequence[Function], shape: _Draft, seed: int) -> _Draft:
+    """The question among unrelated functions only, as many (or as many tokens) as `shape`,
+    an answered listing: a copy is sized like the answered listings, not like its entry."""
+    rng = random.Random(f"{seed}:{example.id}:none")
+    if shape.budget is not None:
+        listed = _fill([], rng.sample(list(unrelated), len(unrelated)), shape.budget)
+    else:
+        listed = rng.sample(list(unrelated), min(len(unrelated), len(shape.functions)))
+    return _Draft(f"{example.id}:none", example, listed, [], shape.budget)
+
+
+def _spread(count: int, share: float, rng: random.Random) -> list[int]:
+    """`share` of the indices `0..count-1`, evenly spaced from a random start: taken from a
+    list sorted by size, every run of similar sizes gets its share (within one)."""
+    step = 1 / share
+    index = rng.random() * step
+    picked = []
+    while int(index) < count:
+        picked.append(int(index))
+        index += step
+    return picked
+
+
+def _by_size(drafts: Iterable[_Draft]) -> tuple[list[_Draft], list[_Draft]]:
+    """Few-function listings sorted by functions and tokens, long toolboxes by budget."""
+    drafts = list(drafts)
+    few = sorted((d for d in drafts if d.budget is None),
+                 key=lambda d: (len(d.functions), listing_tokens(d.functions, approx_tokens)))
+    return few, sorted((d for d in drafts if d.budget is not None), key=lambda d: d.budget or 0)
+
+
+def _identifiers(rng: random.Random, prefix: str, count: int) -> list[str]:
+    names: dict[str, None] = {}
+    while len(names) < count:
+        names[prefix + "".join(rng.choice(string.ascii_lowercase) for _ in range(7))] = None
+    return list(names)
 
 
 def _masked(functions: list[Function], calls: list[Call], rng: random.Random) -> tuple[list[Function], list[Call]]:
-    """Every function and parameter name replaced by a random identifier, in the listing
-    and in the calls alike; descriptions, types and values stay."""
+    """Every function and parameter name of the listing replaced by a random identifier,
+    in the listing and in the calls alike (no name stands out as the answer's);
+    descriptions, types and values stay."""
     renamed: dict[str, tuple[str, dict[str, str]]] = {}
     masked = []
-    for function in functions:
+    for function, name in zip(functions, _identifiers(rng, "fn_", len(functions)), strict=True):
         function = copy.deepcopy(function)
         properties = (function.get("parameters") or {}).get("properties") or {}
-        params = {p: _identifier(rng, "p_") for p in properties}
-        renamed[function["name"]] = (_identifier(rng, "fn_"), params)
-        function["name"] = renamed[function["name"]][0]
+        params = dict(zip(properties, _identifiers(rng, "p_", len(properties)), strict=True))
+        renamed[function["name"]] = (name, params)
+        function["name"] = name
         if properties:
             function["parameters"]["properties"] = {params[p]: s for p, s in properties.items()}
             required = function["parameters"].get("required")
@@ -115,62 +282,58 @@ def _masked(functions: list[Function], calls: list[Call], rng: random.Random) ->
     masked_calls = []
     for call in calls:
         name, params = renamed[call["name"]]
-        masked_calls.append({"name": name, "arguments": {params.get(k, k): v for k, v in call["arguments"].items()}})
+        for unlisted in [k for k in call["arguments"] if k not in params]:  # BFCL has a few: masked too
+            params[unlisted] = _identifiers(rng, "p_", 1)[0]
+        masked_calls.append({"name": name, "arguments": {params[k]: v for k, v in call["arguments"].items()}})
     return masked, masked_calls
 
 
-def _with_distractors(functions: list[Function], pool: Sequence[Function], rng: random.Random,
-                      *, unlike: Sequence[Function]) -> list[Function]:
-    """`functions` and unrelated ones: none named like `functions` or `unlike` (the
-    question's own functions, before masking renamed them)."""
-    names = set(function_names(functions)) | set(function_names(unlike))
-    candidates = [f for f in rng.sample(list(pool), min(len(pool), 60)) if f["name"] not in names]
-    listed = list(functions)
-    if rng.random() < LONG_SHARE:
-        budget = rng.randint(*LONG_TOOLBOX_TOKENS)
-        size = listing_tokens(listed, approx_tokens)
-        for function in candidates:
-            cost = listing_tokens([function], approx_tokens) + 1
-            if size + cost > budget:
-                break
-            listed.append(function)
-            size += cost
-    else:
-        listed += candidates[:rng.randint(0, MAX_FEW_DISTRACTORS)]
-    return listed
-
-
-def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED) -> list[Listed]:
+def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED, *,
+                    distractors: Sequence[Function] | None = None) -> list[Listed]:
     """The recipe applied to `pool`: each question once with its calls, and a share of them
-    again without their functions (no call applies)."""
-    distractors = distractor_pool()
-    out: list[Listed] = []
-    for example in pool:
-        rng = random.Random(f"{seed}:{example.id}")
-        functions, calls = list(example.functions), example.reference_calls()
-        if rng.random() < MASKED_SHARE:
-            functions, calls = _masked(functions, calls, rng)
-        listed = _with_distractors(functions, distractors, rng, unlike=example.functions)
-        rng.shuffle(listed)
-        out.append(Listed(example.id, example.messages, listed, calls))
-        if rng.random() < IRRELEVANT_SHARE:
-            own = set(function_names(functions))
-            rest = [f for f in listed if f["name"] not in own]
-            if not rest:
-                rest = [f for f in rng.sample(distractors, 3) if f["name"] not in own]
-            out.append(Listed(f"{example.id}:none", example.messages, rest, []))
+    again among functions none of which answers them. Distractors come from `distractors`
+    (default: every function of the trained categories' train split)."""
+    candidates = distractor_pool() if distractors is None else distractors
+    unrelated = {e.id: unrelated_functions(e, candidates) for e in pool}
+    answered = [_answered(e, unrelated[e.id], seed) for e in pool]
+    rng = random.Random(f"{seed}:mix")
+    few, long = _by_size(answered)
+    shapes = [few[i] for i in _spread(len(few), IRRELEVANT_SHARE, rng)]
+    shapes += [long[i] for i in _spread(len(long), LONG_IRRELEVANT_SHARE, rng)]
+    rng.shuffle(shapes)
+    questions = rng.sample(pool, len(shapes))
+    refused = {q.id: _refused(q, unrelated[q.id], shape, seed) for q, shape in zip(questions, shapes, strict=True)}
+    masked: set[str] = set()
+    for group in (*_by_size(answered), *_by_size(refused.values())):
+        masked |= {group[i].id for i in _spread(len(group), MASKED_SHARE, rng)}
+    out = []
+    for draft in (d for a in answered for d in (a, refused.get(a.id)) if d is not None):
+        functions, calls = draft.functions, draft.calls
+        if draft.id in masked:
+            functions, calls = _masked(functions, calls, random.Random(f"{seed}:{draft.id}:mask"))
+        out.append(Listed(draft.id, draft.example.messages, functions, calls,
+                          masked=draft.id in masked, long_toolbox=draft.budget is not None))
     return out
+
+
+def _role_targets(role: ToolRole, items: Iterable[Listed]) -> Iterator[tuple[Listed, str | None]]:
+    """Each example a role trains on: per listing once, for `arguments` once per function
+    called (and not at all where none is)."""
+    for item in items:
+        if role is ToolRole.ARGUMENTS:
+            yield from ((item, name) for name in dict.fromkeys(c["name"] for c in item.calls))
+        else:
+            yield item, None
 
 
 def role_chats(role: ToolRole, pool: list[BfclExample], seed: int = DATA_SEED) -> list[dict]:
     """`{"id", "messages"}` records for one role, in a fixed order."""
     chats: list[dict] = []
-    for item in listed_examples(pool, seed):
-        if role is ToolRole.ARGUMENTS:
-            for name in dict.fromkeys(c["name"] for c in item.calls):
-                prompt = arguments_messages(item.messages, item.functions, name)
-                reply = calls_text([c for c in item.calls if c["name"] == name])
-                chats.append({"id": f"{item.id}:{name}", "messages": [*prompt, _assistant(reply)]})
+    for item, name in _role_targets(role, listed_examples(pool, seed)):
+        if name is not None:
+            prompt = arguments_messages(item.messages, item.functions, name)
+            reply = calls_text([c for c in item.calls if c["name"] == name])
+            chats.append({"id": f"{item.id}:{name}", "messages": [*prompt, _assistant(reply)]})
             continue
         if role is ToolRole.SELECTOR:
             prompt = selector_messages(item.messages, item.functions)
@@ -194,3 +357,44 @@ def write_role_data(role: ToolRole, out: Path) -> int:
         for chat in chats:
             handle.write(json.dumps(chat) + "\n")
     return len(chats)
+
+
+@dataclass(frozen=True, slots=True)
+class MixRow:
+    """One bucket of a role's examples and how many of them answer `none`, are masked or
+    are long toolboxes: the shares the recipe keeps from depending on listing size."""
+
+    bucket: str
+    examples: int
+    none: int
+    masked: int
+    long_toolbox: int
+
+
+def _bucket_label(bounds: tuple[int, int | None], unit: str) -> str:
+    low, high = bounds
+    if high is None:
+        return f"{low:,}+ {unit}"
+    return f"{low:,} {unit.removesuffix('s')}" if low == high else f"{low:,}-{high:,} {unit}"
+
+
+def _in_bucket(value: int, bounds: tuple[int, int | None]) -> bool:
+    low, high = bounds
+    return value >= low and (high is None or value <= high)
+
+
+def role_mix(role: ToolRole, pool: list[BfclExample] | None = None, seed: int = DATA_SEED) -> list[MixRow]:
+    """A role's training examples counted per listing size (functions listed, listing
+    tokens) and per kind of listing: the check that `none` and masking do not follow size."""
+    items = listed_examples(train_examples() if pool is None else pool, seed)
+    targets = [item for item, _ in _role_targets(role, items)]
+    sizes = [(len(i.functions), listing_tokens(i.functions, approx_tokens)) for i in targets]
+    buckets: list[tuple[str, list[Listed]]] = [("all", targets)]
+    buckets += [("few functions", [i for i in targets if not i.long_toolbox]),
+                ("long toolbox", [i for i in targets if i.long_toolbox])]
+    buckets += [(_bucket_label(b, "functions"), [i for i, (n, _) in zip(targets, sizes) if _in_bucket(n, b)])
+                for b in FUNCTION_BUCKETS]
+    buckets += [(_bucket_label(b, "tokens"), [i for i, (_, t) in zip(targets, sizes) if _in_bucket(t, b)])
+                for b in TOKEN_BUCKETS]
+    return [MixRow(label, len(items), sum(not i.calls for i in items), sum(i.masked for i in items),
+                   sum(i.long_toolbox for i in items)) for label, items in buckets]
