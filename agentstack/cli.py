@@ -488,11 +488,18 @@ def adapters_data(
     role: ToolRoleArgument,
     out: Annotated[Path, typer.Option(help="JSONL file to write.")],
 ) -> None:
-    """Write a tool role's training chats from the train split of BFCL's trained categories."""
-    from agentstack.offline.bfcl.training_data import write_role_data
+    """Write a tool role's training chats from the train split of BFCL's trained categories,
+    and show their mix: shares answering `none`, masked and long, per listing size."""
+    from agentstack.offline.bfcl.training_data import role_mix, write_role_data
 
-    count = write_role_data(_tool_role(role), out)
+    tool_role = _tool_role(role)
+    count = write_role_data(tool_role, out)
     console.print(f"{count} examples -> {out}")
+    table = Table("listing", "examples", "none", "masked", "long toolbox", title=f"{tool_role.value} data mix")
+    for row in role_mix(tool_role):
+        shares = [f"{n / row.examples:.1%}" if row.examples else "-" for n in (row.none, row.masked, row.long_toolbox)]
+        table.add_row(row.bucket, str(row.examples), *shares)
+    console.print(table)
 
 
 @adapters_app.command("train")
