@@ -9,8 +9,10 @@ engine call then see exactly the same tokens.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,40 @@ class AdapterLoadError(InvalidRequest):
     """An adapter directory could not be loaded by the engine (missing, corrupt, wrong shape)."""
 
     default_param = "lora_path"
+
+
+# vLLM fuses these checkpoint projections into one module of its own.
+_FUSED_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                  "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+_LORA_WEIGHT = re.compile(r"\.([A-Za-z0-9_]+)\.lora_(?:A|B|embedding_A|embedding_B)(?:\.weight)?$")
+
+
+def adapter_engine_modules(adapter_dir: Path) -> set[str]:
+    """The engine modules (vLLM's names) an adapter has weights for: from its tensors, or
+    from its config's module list when the weights are not in safetensors."""
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), "pt") as f:
+            names = {m.group(1) for key in f.keys() if (m := _LORA_WEIGHT.search(key)) is not None}
+    else:
+        listed = json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_modules")
+        names = set(listed) if isinstance(listed, list) else set()
+    return {_FUSED_MODULES.get(name, name) for name in names}
+
+
+def check_adapter_targets(name: str, modules: set[str], target_modules: list[str] | None) -> None:
+    """Refuse an adapter with weights on projections the engine does not wrap for LoRA:
+    vLLM would load it and silently drop those weights."""
+    if target_modules is None:
+        return
+    outside = modules - set(target_modules)
+    if outside:
+        raise AdapterLoadError(
+            f"cannot load adapter {name!r}: it adapts {', '.join(sorted(outside))}, which this engine does not "
+            f"wrap for LoRA (lora_target_modules: {', '.join(target_modules)})"
+        )
 
 
 def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -152,6 +188,7 @@ class Engine:
             enable_lora=True,
             max_loras=self.settings.max_loras,
             max_lora_rank=self.settings.max_lora_rank,
+            lora_target_modules=self.settings.lora_target_modules,
             enable_prefix_caching=True,
             kv_cache_memory_bytes=self.settings.kv_cache_space_gib * (1 << 30),
             # The decomposed model picks each token's role B in Python: eager only.
@@ -216,6 +253,11 @@ class Engine:
 
         In decomposed mode an adapter must share the cache's v_proj lora_A (or have none).
         """
+        try:
+            modules = adapter_engine_modules(adapter.path)
+        except Exception as e:  # unreadable weights or config: safetensors and json raise their own types
+            raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
+        check_adapter_targets(adapter.name, modules, self.settings.lora_target_modules)
         if self._shared_a is not None:
             try:
                 self._shared_a.check_role(adapter.path)

@@ -63,9 +63,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 @pytest.fixture(scope="session")
 def adapters_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run-time adapters root holding a copy of a shipped adapter, to load through the API."""
+    """A run-time adapters root holding a copy of a shipped adapter, to load through the API,
+    and a copy with MLP weights too (projections the engine does not wrap for LoRA)."""
+    from safetensors.torch import load_file, save_file
+
     root = tmp_path_factory.mktemp("adapters")
     shutil.copytree(SHIPPED_ADAPTERS / "selector", root / "selector-copy")
+    shutil.copytree(SHIPPED_ADAPTERS / "selector", root / "selector-mlp")
+    weights = root / "selector-mlp" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    a = next(t for k, t in tensors.items() if k.endswith("q_proj.lora_A.weight"))
+    tensors["base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight"] = a.clone()
+    tensors["base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight"] = a.new_zeros(1536, a.shape[0])
+    save_file(tensors, str(weights))
     return root
 
 

@@ -26,6 +26,7 @@ replaces a product per adapter: fewer, larger ops, which is what a CPU step is s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,21 +100,27 @@ def _rows(rows: list[int]) -> slice | torch.Tensor:
 
 
 class StepPlans:
-    """The last plan built, reused while its source tensors are unchanged.
+    """The last plan built, reused while the step's adapter slots are the same.
 
     vLLM passes views of persistent index buffers that it rewrites in place each step, so
-    (address, size, version) identifies their content; the sources are held, so no other
-    tensor can take their address while the plan is cached."""
+    (address, size, version) says when to look again (the sources are held, so no other
+    tensor can take their address while the plan is cached); a rewrite with the same
+    content (every decode step of an unchanged batch) keeps the plan object, and with it
+    every projection's cached fused products (``LiveSlicesCache``)."""
 
     def __init__(self) -> None:
         self._key: tuple[tuple[int, int, int], ...] | None = None
         self._sources: tuple[torch.Tensor, ...] = ()
+        self._content: tuple[list[int], ...] | None = None
         self._plan: TokenPlan | None = None
 
-    def get(self, sources: tuple[torch.Tensor, ...], build) -> TokenPlan:  # type: ignore[no-untyped-def]
+    def get(self, sources: tuple[torch.Tensor, ...],
+            build: Callable[[tuple[list[int], ...]], TokenPlan]) -> TokenPlan:
         key = tuple((t.data_ptr(), t.numel(), t._version) for t in sources)
         if key != self._key or self._plan is None:
-            self._plan = build()
+            content = tuple(t.tolist() for t in sources)
+            if content != self._content or self._plan is None:
+                self._plan, self._content = build(content), content
             self._key, self._sources = key, sources
         return self._plan
 
@@ -123,12 +130,11 @@ _segment_plans = StepPlans()
 
 
 def token_plan(token_slots: torch.Tensor) -> TokenPlan:
-    return _token_plans.get((token_slots,), lambda: plan_from_token_slots(token_slots.tolist()))
+    return _token_plans.get((token_slots,), lambda content: plan_from_token_slots(*content))
 
 
 def segment_plan(seq_lens: torch.Tensor, segment_slots: torch.Tensor) -> TokenPlan:
-    return _segment_plans.get(
-        (seq_lens, segment_slots), lambda: plan_from_segments(seq_lens.tolist(), segment_slots.tolist()))
+    return _segment_plans.get((seq_lens, segment_slots), lambda content: plan_from_segments(*content))
 
 
 @dataclass(slots=True)
@@ -328,7 +334,9 @@ def add_lora_linear(
     """``PunicaWrapperCPU.add_lora_linear``: shrink then expand each slice, as vLLM does,
     but with the step's token plan built once and slices skipped whose active adapters
     hold no weights there (k, gate_up and down for a q/v/o adapter) before any buffer is
-    made. A decode step is a few hundred such calls; their fixed cost is what it spends."""
+    made. In a small step (decode) the projection's live slices and adapters are fused
+    into one shrink and one expand (``FusedProjection``): a decode step is a few dozen
+    such calls, and their count of small ops is what it spends."""
     if self.is_prefill:
         if self.no_lora:
             return
@@ -336,12 +344,16 @@ def add_lora_linear(
         plan = segment_plan(seq_lens, segment_slots)
     else:
         plan = token_plan(self.token_lora_indices)
-    live = live_slices(plan, lora_a_stacked, lora_b_stacked, output_slices)
-    if not live:
+    projection = live_slices(plan, lora_a_stacked, lora_b_stacked, output_slices)
+    if not projection.slices:
         return
     x = x.view(-1, x.shape[-1])
     y = y.view(-1, y.shape[-1])
-    for index, offset, a, b, width in live:
+    fused = projection.fused(plan, y.dtype)
+    if fused is not None:
+        fused.apply(x, y, scale)
+        return
+    for index, offset, a, b, width in projection.slices:
         deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], slot_weights.get(a).rows)
         grouped_shrink(x, a, deltas, plan, scale)
         grouped_expand(deltas, b, y, plan, True, slice(offset, offset + width))
@@ -351,17 +363,116 @@ LiveSlice = tuple[int, int, torch.Tensor, torch.Tensor, int]
 """(slice index, output offset, stacked A, stacked B, output width)."""
 
 
+@dataclass(slots=True)
+class FusedProjection:
+    """One projection's LoRA for one small step, as two products: the A of every live
+    slice and active adapter stacked (``[adapters * slices * rank, in]``) for the shrink,
+    and their B block-diagonal (``[adapters, slices * rank, out]``) for the expand.
+
+    Each output element is still the product the stock ops compute, summed in the same
+    order (the shrink is the stock op's one-token batched product over a wider matrix; the
+    expand adds exact zeros for the other slices' ranks), so results stay bit-identical;
+    the tensors are built once per batch composition and reused every decode step."""
+
+    shrink: torch.Tensor
+    columns: torch.Tensor
+    expand: torch.Tensor
+    slot_rows: torch.Tensor
+    valid: torch.Tensor | None
+    outputs: list[tuple[slice, slice]]
+
+    @classmethod
+    def build(cls, plan: TokenPlan, slices: list[LiveSlice]) -> FusedProjection | None:
+        """None when no token's adapter holds weights in these slices."""
+        shrink_weights = [slot_weights.get(a) for _, _, a, _, _ in slices]
+        expand_weights = [slot_weights.get(b) for _, _, _, b, _ in slices]
+        adapters = sorted({g.slot for g in plan.groups if g.slot != NO_ADAPTER
+                           and any(w.live[g.slot] for w in shrink_weights)})
+        if not adapters:
+            return None
+        rank = shrink_weights[0].rows
+        ranks = rank * len(slices)
+        width = sum(w for *_, w in slices)
+        chosen = torch.tensor(adapters, dtype=torch.long)
+        shrink = torch.cat([w.fp32()[chosen] for w in shrink_weights], dim=1)
+        shrink = shrink.reshape(-1, shrink.shape[-1])
+        expand = torch.zeros(len(adapters), ranks, width)
+        outputs: list[tuple[slice, slice]] = []
+        column = 0
+        for index, ((_, offset, _, _, out_width), weights) in enumerate(zip(slices, expand_weights, strict=True)):
+            expand[:, index * rank:(index + 1) * rank, column:column + out_width] = (
+                weights.fp32()[chosen, :out_width].transpose(1, 2))
+            outputs.append((slice(column, column + out_width), slice(offset, offset + out_width)))
+            column += out_width
+        position = {slot: i for i, slot in enumerate(adapters)}
+        rows = torch.tensor([position.get(s, 0) for s in plan.token_slots], dtype=torch.long)
+        has_delta = [s in position for s in plan.token_slots]
+        return cls(
+            shrink=shrink.t().expand(plan.tokens, *shrink.t().shape),
+            columns=rows[:, None] * ranks + torch.arange(ranks),
+            expand=expand,
+            slot_rows=rows[None, :, None].expand(1, plan.tokens, width),
+            valid=None if all(has_delta) else torch.tensor([[float(d)] for d in has_delta]),
+            outputs=_merged(outputs),
+        )
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
+        """``y[:, slice] += x @ A.T @ B.T`` for every live slice, each token its adapter's."""
+        deltas = torch.bmm(converted_input(x, torch.float32).unsqueeze(1), self.shrink).squeeze(1)
+        deltas = deltas.gather(1, self.columns)
+        if self.valid is not None:
+            deltas.mul_(self.valid)
+        if scale != 1.0:
+            deltas.mul_(scale)
+        # The stock expand rounds the fp32 deltas to the output dtype before its product.
+        deltas = deltas.to(y.dtype).float()
+        per_adapter = torch.bmm(deltas.expand(self.expand.shape[0], *deltas.shape), self.expand)
+        product = per_adapter.gather(0, self.slot_rows).squeeze(0).to(y.dtype)
+        for source, target in self.outputs:
+            y[:, target].add_(product[:, source])
+
+
+def _merged(outputs: list[tuple[slice, slice]]) -> list[tuple[slice, slice]]:
+    """Adjacent (source, target) column ranges joined: one add where slices are contiguous."""
+    merged: list[tuple[slice, slice]] = []
+    for source, target in outputs:
+        if merged and merged[-1][0].stop == source.start and merged[-1][1].stop == target.start:
+            last_source, last_target = merged.pop()
+            source, target = slice(last_source.start, source.stop), slice(last_target.start, target.stop)
+        merged.append((source, target))
+    return merged
+
+
+@dataclass(slots=True)
+class LiveProjection:
+    """The slices of one projection that an adapter of this step writes, and their fused
+    form for small steps (built on first use)."""
+
+    slices: list[LiveSlice]
+    _fused: FusedProjection | None = None
+    _fused_built: bool = False
+
+    def fused(self, plan: TokenPlan, dtype: torch.dtype) -> FusedProjection | None:
+        """The fused products, for small 16-bit steps (an fp32 output keeps the per-slice
+        ops, whose fp32 expand must use the stock op's batched kernel)."""
+        if plan.tokens > DENSE_MAX_TOKENS or dtype == torch.float32:
+            return None
+        if not self._fused_built:
+            self._fused, self._fused_built = FusedProjection.build(plan, self.slices), True
+        return self._fused
+
+
 class LiveSlicesCache:
     """Per projection, the slices an adapter of this step writes, until the step's plan
     or any of the projection's stacked weights changes (held, and checked by version).
     In decode the plan lasts as long as the batch, so a projection no adapter touches
-    costs one lookup per step."""
+    costs one lookup per step, and one that adapters touch reuses its fused products."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[tuple[torch.Tensor, ...], TokenPlan, tuple[int, ...], list[LiveSlice]]] = {}
+        self._entries: dict[int, tuple[tuple[torch.Tensor, ...], TokenPlan, tuple[int, ...], LiveProjection]] = {}
 
     def __call__(self, plan: TokenPlan, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
-                 widths: tuple[int, ...]) -> list[LiveSlice]:
+                 widths: tuple[int, ...]) -> LiveProjection:
         versions = tuple(t._version for t in lora_a) + tuple(t._version for t in lora_b)
         entry = self._entries.get(id(lora_a))
         if entry is not None and entry[0] is lora_a and entry[1] is plan and entry[2] == versions:
@@ -373,8 +484,9 @@ class LiveSlicesCache:
                 live.append((index, sum(widths[:index]), a, b, width))
         if len(self._entries) >= SlotWeightsCache.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[id(lora_a)] = (lora_a, plan, versions, live)
-        return live
+        projection = LiveProjection(live)
+        self._entries[id(lora_a)] = (lora_a, plan, versions, projection)
+        return projection
 
 
 live_slices = LiveSlicesCache()

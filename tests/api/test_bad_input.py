@@ -60,6 +60,8 @@ CASES: list[tuple[str, str, Any, int, str]] = [
      {"lora_name": "../x", "lora_path": "selector-copy"}, 400, "BadRequestError"),
     ("adapter-duplicate", "/v1/load_lora_adapter",
      {"lora_name": "selector", "lora_path": "selector-copy"}, 400, "BadRequestError"),
+    ("adapter-unwrapped-projection", "/v1/load_lora_adapter",
+     {"lora_name": "mlp", "lora_path": "selector-mlp"}, 400, "BadRequestError"),
     ("unload-unknown", "/v1/unload_lora_adapter", {"lora_name": "ghost"}, 404, "NotFoundError"),
     ("wrong-method", "/v1/chat/completions", None, 405, "MethodNotAllowed"),
     ("unknown-path", "/v1/nothing-here", None, 404, "NotFoundError"),

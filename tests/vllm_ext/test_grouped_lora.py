@@ -156,11 +156,15 @@ def test_weights_rewritten_in_place_are_seen() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["interleaved roles", "with base tokens", "long prefill of three roles",
-                                     "decode step of three roles", "base only"])
+                                     "decode step of three roles", "long decode of three roles", "base only",
+                                     "one adapter", "last slot"])
 @pytest.mark.parametrize("is_prefill", [True, False], ids=["prefill", "decode"])
-def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool) -> None:
+@pytest.mark.parametrize("variant", ["q/v/o", "v only in one adapter", "scaled", "float16"])
+def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool, variant: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole projection (q/k/v slices, k without weights, as a q/v/o adapter leaves it)
-    through vLLM's CPU punica wrapper, stock and grouped."""
+    through vLLM's CPU punica wrapper, stock and grouped: per-slice products on long steps,
+    one fused shrink and expand on small ones."""
     from vllm.lora.layers.utils import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
@@ -170,12 +174,16 @@ def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool) ->
     mapping = LoRAMapping([s + 1 if s >= 0 else 0 for s in slots], [0], is_prefill=is_prefill)
     wrapper = PunicaWrapperCPU(256, 256, device="cpu")
     wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 1000)
-    x = torch.randn(len(slots), 96, dtype=torch.bfloat16)
+    dtype = torch.float16 if variant == "float16" else torch.bfloat16
+    scale = 0.5 if variant == "scaled" else 1.0
+    x = torch.randn(len(slots), 96, dtype=dtype)
     widths = (64, 32, 32)
-    a = tuple(_weights((16, 96), torch.bfloat16, dead_slot=None) for _ in widths)
-    b = tuple(_weights((w, 16), torch.bfloat16, dead_slot=None) for w in widths)
+    a = tuple(_weights((16, 96), dtype, dead_slot=None) for _ in widths)
+    b = tuple(_weights((w, 16), dtype, dead_slot=None) for w in widths)
     a[1].zero_(), b[1].zero_()  # k: no adapter touches it
-    expected = torch.randn(len(slots), sum(widths)).to(torch.bfloat16)
+    if variant == "v only in one adapter":
+        a[0][2].zero_(), b[0][2].zero_()
+    expected = torch.randn(len(slots), sum(widths)).to(dtype)
     actual = expected.clone()
     stock_a = tuple(_with_zero_slot(w) for w in a)
     stock_b = tuple(_with_zero_slot(w) for w in b)
@@ -184,7 +192,15 @@ def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool) ->
                                                   wrapper._token_lora_indices))
     if is_prefill:
         wrapper._update_prefill_metadata(wrapper.token_lora_indices)
-    original(wrapper, expected, x, stock_a, stock_b, 1.0, widths)
+    original(wrapper, expected, x, stock_a, stock_b, scale, widths)
     wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 1000)
-    grouped.add_lora_linear(wrapper, actual, x, a, b, 1.0, widths)
-    _assert_same(actual, expected)
+    fused_calls = []
+    fused_apply = grouped.FusedProjection.apply
+    monkeypatch.setattr(grouped.FusedProjection, "apply",
+                        lambda self, *args: (fused_calls.append(1), fused_apply(self, *args))[1])
+    for _ in range(2):  # the second step reuses the cached (fused) products
+        step = actual.clone()
+        grouped.add_lora_linear(wrapper, step, x, a, b, scale, widths)
+        _assert_same(step, expected)
+    small = len(slots) <= grouped.DENSE_MAX_TOKENS and any(s >= 0 for s in slots)
+    assert len(fused_calls) == (2 if small else 0)

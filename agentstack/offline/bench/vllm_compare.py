@@ -93,6 +93,8 @@ def vllm_serve_args(engine_args: dict[str, Any], port: int) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)]
         elif value is not False:
             args += [flag, str(value)]
     args += ["--lora-modules", *(f"{role}={PACKAGE_DATA / 'adapters' / role}" for role in ROLES)]
