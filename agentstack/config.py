@@ -72,11 +72,11 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int | None = Field(
         default=None, ge=1, description="Tokens one engine step may schedule; unset: vLLM's default.")
     lora_target_modules: list[str] | None = Field(
-        default=["qkv_proj", "o_proj"],
-        description="Projections the engine wraps for LoRA (vLLM's module names: `qkv_proj`, `o_proj`, "
-        "`gate_up_proj`, `down_proj`); null wraps every one the model supports. Each wrapped projection "
-        "costs a decode step its LoRA ops even for adapters without weights there; adapters that target "
-        "others are refused at load.",
+        default=["q_proj", "v_proj", "o_proj"],
+        description="Projections the engine wraps for LoRA (checkpoint names such as `q_proj`, `v_proj`, "
+        "`o_proj`, `gate_proj`, `down_proj`, or vLLM's fused `qkv_proj`, `gate_up_proj`); null wraps every "
+        "one the model supports. Each wrapped projection costs every decode step its LoRA ops, even for "
+        "adapters without weights there; an adapter with weights elsewhere is refused at load.",
     )
     enforce_eager: bool = True
     grouped_lora: bool = Field(

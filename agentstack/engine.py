@@ -54,33 +54,33 @@ class AdapterLoadError(InvalidRequest):
     default_param = "lora_path"
 
 
-# vLLM fuses these checkpoint projections into one module of its own.
+# vLLM fuses these checkpoint projections into one module of its own (on models that do).
 _FUSED_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
                   "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 _LORA_WEIGHT = re.compile(r"\.([A-Za-z0-9_]+)\.lora_(?:A|B|embedding_A|embedding_B)(?:\.weight)?$")
 
 
-def adapter_engine_modules(adapter_dir: Path) -> set[str]:
-    """The engine modules (vLLM's names) an adapter has weights for: from its tensors, or
+def adapter_modules(adapter_dir: Path) -> set[str]:
+    """The projections an adapter has weights for (checkpoint names): from its tensors, or
     from its config's module list when the weights are not in safetensors."""
     from safetensors import safe_open
 
     weights = adapter_dir / "adapter_model.safetensors"
     if weights.is_file():
         with safe_open(str(weights), "pt") as f:
-            names = {m.group(1) for key in f.keys() if (m := _LORA_WEIGHT.search(key)) is not None}
-    else:
-        listed = json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_modules")
-        names = set(listed) if isinstance(listed, list) else set()
-    return {_FUSED_MODULES.get(name, name) for name in names}
+            return {m.group(1) for key in f.keys() if (m := _LORA_WEIGHT.search(key)) is not None}
+    listed = json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_modules")
+    return set(listed) if isinstance(listed, list) else set()
 
 
 def check_adapter_targets(name: str, modules: set[str], target_modules: list[str] | None) -> None:
     """Refuse an adapter with weights on projections the engine does not wrap for LoRA:
-    vLLM would load it and silently drop those weights."""
+    vLLM would load it and silently drop those weights. A projection is wrapped when it,
+    or the fused module vLLM builds it into, is listed (vLLM matches both ways)."""
     if target_modules is None:
         return
-    outside = modules - set(target_modules)
+    targets = set(target_modules)
+    outside = {m for m in modules if m not in targets and _FUSED_MODULES.get(m) not in targets}
     if outside:
         raise AdapterLoadError(
             f"cannot load adapter {name!r}: it adapts {', '.join(sorted(outside))}, which this engine does not "
@@ -254,7 +254,7 @@ class Engine:
         In decomposed mode an adapter must share the cache's v_proj lora_A (or have none).
         """
         try:
-            modules = adapter_engine_modules(adapter.path)
+            modules = adapter_modules(adapter.path)
         except Exception as e:  # unreadable weights or config: safetensors and json raise their own types
             raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
         check_adapter_targets(adapter.name, modules, self.settings.lora_target_modules)

@@ -18,10 +18,11 @@ once rather than in every op), are cached per stacked-weight tensor and its
 version counter, which every in-place write bumps (vLLM writes a slot in place when it
 loads or evicts an adapter), so a stale answer is never read.
 
-A step's token grouping is computed once and shared by all its ops (vLLM rewrites its
-index buffers in place each step, which bumps their version). In a decode step of several
-roles, where each adapter has a few tokens, one product over every slot's stacked weights
-replaces a product per adapter: fewer, larger ops, which is what a CPU step is short of.
+A step's token grouping is computed once and shared by all its ops, and kept while vLLM
+rewrites its index buffers with the same slots (every decode step of an unchanged batch).
+In a small step (decode) a projection's live slices and active adapters are fused into
+one shrink and one expand, whose stacked weights are reused from step to step: fewer,
+larger ops, which is what a CPU decode step is short of.
 """
 
 from __future__ import annotations

@@ -127,6 +127,7 @@ mounts and Service rely on.
   "max_num_seqs" $e.maxNumSeqs
   "max_loras" $e.maxLoras
   "max_lora_rank" $e.maxLoraRank
+  "lora_target_modules" $e.loraTargetModules
   "kv_cache_space_gib" $e.kvCacheSpaceGib
   "cache" (dict "mode" $e.sharedCache.mode "block_size" $e.sharedCache.blockSize)
   "enforce_eager" $e.enforceEager
