@@ -337,7 +337,8 @@ def add_lora_linear(
     hold no weights there (k, gate_up and down for a q/v/o adapter) before any buffer is
     made. In a small step (decode) the projection's live slices and adapters are fused
     into one shrink and one expand (``FusedProjection``): a decode step is a few dozen
-    such calls, and their count of small ops is what it spends."""
+    such calls, and their count of small ops is what it spends. In a large one (prefill)
+    each adapter's tokens are shrunk once for all its slices."""
     if self.is_prefill:
         if self.no_lora:
             return
@@ -350,10 +351,14 @@ def add_lora_linear(
         return
     x = x.view(-1, x.shape[-1])
     y = y.view(-1, y.shape[-1])
-    fused = projection.fused(plan, y.dtype)
-    if fused is not None:
-        fused.apply(x, y, scale)
+    if y.dtype != torch.float32:
+        fused = projection.fused(plan)
+        if fused is not None:
+            fused.apply(x, y, scale)
+        else:
+            projection.apply_per_adapter(plan, x, y, scale)
         return
+    # An fp32 output keeps the per-slice ops: their fp32 expand uses the stock op's kernel.
     for index, offset, a, b, width in projection.slices:
         deltas = buffer[index] if buffer is not None else torch.empty(x.shape[0], slot_weights.get(a).rows)
         grouped_shrink(x, a, deltas, plan, scale)
@@ -446,21 +451,49 @@ def _merged(outputs: list[tuple[slice, slice]]) -> list[tuple[slice, slice]]:
 
 @dataclass(slots=True)
 class LiveProjection:
-    """The slices of one projection that an adapter of this step writes, and their fused
-    form for small steps (built on first use)."""
+    """The slices of one projection that an adapter of this step writes, and how a step
+    applies them: fused for small steps, per adapter for large ones."""
 
     slices: list[LiveSlice]
     _fused: FusedProjection | None = None
     _fused_built: bool = False
 
-    def fused(self, plan: TokenPlan, dtype: torch.dtype) -> FusedProjection | None:
-        """The fused products, for small 16-bit steps (an fp32 output keeps the per-slice
-        ops, whose fp32 expand must use the stock op's batched kernel)."""
-        if plan.tokens > DENSE_MAX_TOKENS or dtype == torch.float32:
+    def fused(self, plan: TokenPlan) -> FusedProjection | None:
+        """The fused products for a small step (built on first use); None for a large one."""
+        if plan.tokens > DENSE_MAX_TOKENS:
             return None
         if not self._fused_built:
             self._fused, self._fused_built = FusedProjection.build(plan, self.slices), True
         return self._fused
+
+    def apply_per_adapter(self, plan: TokenPlan, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
+        """A large step (prefill), 16-bit output: per adapter, one shrink over all its live
+        slices (one pass over its tokens instead of one per slice: the shrink is the
+        stock op's one-token product, bound by reading the activations), then each
+        slice's expand."""
+        inputs = converted_input(x, torch.float32)
+        for group in plan.groups:
+            if group.slot == NO_ADAPTER:
+                continue
+            slices = [(offset, slot_weights.get(a), slot_weights.get(b), width)
+                      for _, offset, a, b, width in self.slices
+                      if slot_weights.get(a).live[group.slot] and slot_weights.get(b).live[group.slot]]
+            if not slices:
+                continue
+            rank = slices[0][1].rows
+            stacked = torch.cat([a.fp32()[group.slot] for _, a, _, _ in slices])
+            deltas = _token_dot(inputs[group.rows], stacked)
+            if scale != 1.0:
+                deltas.mul_(scale)
+            # The stock expand rounds the fp32 deltas to the output dtype before its product.
+            deltas = deltas.to(y.dtype).float()
+            for index, (offset, _, b, width) in enumerate(slices):
+                product = (deltas[:, index * rank:(index + 1) * rank] @ b.fp32()[group.slot, :width].t()).to(y.dtype)
+                target = y[:, offset:offset + width]
+                if isinstance(group.rows, slice):
+                    target[group.rows].add_(product)
+                else:
+                    target.index_add_(0, group.rows, product)
 
 
 class LiveSlicesCache:
