@@ -617,28 +617,55 @@ def gate_train(
     outcomes: Annotated[Optional[Path], typer.Option(
         help="Measured outcomes to train from; default <out>/outcomes-train.jsonl.")] = None,
     measure: Annotated[bool, typer.Option(
-        help="Run both paths of every training prompt on the engine first (the TWN labels).")] = True,
+        help="Measure every action on every training prompt on the engine first (the labels).")] = True,
     layer: Annotated[Optional[int], typer.Option(help="Decoder layers the features run (default 4).")] = None,
-    max_k: Annotated[int, typer.Option(help="Largest role set measured (and mixed) per prompt.")] = 2,
+    max_k: Annotated[int, typer.Option(help=(
+        "Largest role set measured (and mixed) per prompt; k is then selected on validation among 1..max-k."))] = 2,
     per_kind: Annotated[Optional[int], typer.Option(help="Measure only the first N prompts of each kind.")] = None,
+    samples: Annotated[int, typer.Option(min=0, help=(
+        "Sampled runs per action besides the greedy one (soft labels: P(correct) per action)."))] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature of those runs.")] = 0.7,
+    lam: Annotated[Optional[float], typer.Option(min=0.0, help=(
+        "Token price of the reward correct - lam * tokens, fixed (else selected on validation from --lambdas)."))
+    ] = None,
+    lambdas: Annotated[Optional[str], typer.Option(help=(
+        "Comma-separated token prices to select lam from on validation (default: a small grid from 0 to 0.002)."))
+    ] = None,
+    pooling: Annotated[str, typer.Option(help="Feature pooling over the prompt: mean, last or mean+last.")] = "mean",
 ) -> None:
-    """Measure the training prompts on the engine, then train the gate (supervised + RLOO)."""
+    """Measure every action on the training prompts on the engine, then train the gate's policy."""
+    from routers.features import POOLINGS
     from routers.offline.commands import (
         GATE_ENGINE_SETTINGS,
         OUTCOMES_FILE,
         measure_train,
+        parse_lambdas,
         train_from_outcomes,
     )
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    chosen_pooling = next((p for p in POOLINGS if p == pooling), None)
+    if chosen_pooling is None:
+        raise typer.BadParameter(f"choose one of {', '.join(POOLINGS)}", param_hint="--pooling")
+    if lam is not None and lambdas is not None:
+        raise typer.BadParameter("give --lam or --lambdas, not both", param_hint="--lam")
+    if samples and temperature <= 0:
+        raise typer.BadParameter("sampled runs need a temperature > 0", param_hint="--temperature")
+    try:
+        prices = (lam,) if lam is not None else parse_lambdas(lambdas) if lambdas is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--lambdas") from e
     outcomes = outcomes or out / OUTCOMES_FILE
     settings = _settings(**{**GATE_ENGINE_SETTINGS, "max_lora_rank": 16 * max_k})
     if measure:
-        table = asyncio.run(_run_with_service(settings, lambda service: measure_train(service, outcomes, show=True, max_k=max_k, per_kind=per_kind)))
+        table = asyncio.run(_run_with_service(settings, lambda service: measure_train(
+            service, outcomes, show=True, max_k=max_k, per_kind=per_kind, samples=samples,
+            temperature=temperature)))
         console.print(f"{len(table)} prompts measured, think helps on {sum(r.think_label for r in table)} "
                       f"-> {outcomes}")
     extra = {"layer": layer} if layer is not None else {}
-    info = train_from_outcomes(outcomes, _model_dir(None), out, settings.served_model_name, show=True, **extra)
+    info = train_from_outcomes(outcomes, _model_dir(None), out, settings.served_model_name, show=True,
+                               pooling=chosen_pooling, lambdas=prices, **extra)
     console.print_json(data=info)
 
 

@@ -4,8 +4,9 @@ Serving: `Gate` (routers.gate) reads the backbone's pooled hidden states (router
 over the routed prompt (routers.prompt) and returns a `RouteDecision`; k > 1 roles are
 served as one merged uniform mixture (routers.mixture); routers.serving plans the request.
 Offline (routers.offline, never imported by serving): labels and rewards come from measured
-engine runs (measure) on a generated task family (tasks); training is supervised then RLOO
-(train); `agentstack eval gate` compares it with the baselines (evaluate).
+engine runs (measure) on a generated task family (tasks); the gate is trained as one policy
+over (role set, path) on their expected reward (train); `agentstack eval gate` compares it
+with the baselines (evaluate).
 """
 
 from routers.gate import Gate, GateFile, GateLoadError, RouteDecision, load_gate

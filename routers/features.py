@@ -1,10 +1,12 @@
-"""Gate features from the backbone itself: the prompt's mean-pooled hidden state.
+"""Gate features from the backbone itself: the prompt's pooled hidden state.
 
 How: the served model's first `layer` decoder layers (plus its final RMSNorm) run once on
 the prompt's token ids, exactly the ids the engine will see (the model's chat template
-over the routed messages), in fp32 with transformers; the output states are averaged over
-the prompt's tokens. Truncating the stack keeps the cost a fraction of one request: the
-layers above `layer` are never loaded. TWN reads the frozen backbone the same way.
+over the routed messages), in fp32 with transformers; the output states are pooled over
+the prompt's tokens (`mean` by default; `last`, the state of the final prompt token; or
+`mean+last`, both side by side). Truncating the stack keeps the cost a fraction of one
+request: the layers above `layer` are never loaded. TWN reads the frozen backbone the
+same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -22,6 +24,23 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LAYER = 4
 MAX_FEATURE_TOKENS = 1024
+Pooling = Literal["mean", "last", "mean+last"]
+POOLINGS: tuple[Pooling, ...] = ("mean", "last", "mean+last")
+DEFAULT_POOLING: Pooling = "mean"
+
+
+def feature_dim(hidden_size: int, pooling: Pooling) -> int:
+    """Length of the feature vector: `mean+last` puts two states side by side."""
+    return 2 * hidden_size if pooling == "mean+last" else hidden_size
+
+
+def pool(hidden: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool one prompt's output states (tokens, hidden) into one vector."""
+    if pooling == "mean":
+        return hidden.mean(dim=0)
+    if pooling == "last":
+        return hidden[-1]
+    return torch.cat([hidden.mean(dim=0), hidden[-1]])
 
 
 @dataclass(slots=True)
@@ -30,6 +49,7 @@ class FeatureExtractor:
 
     model_dir: Path
     layer: int = DEFAULT_LAYER
+    pooling: Pooling = DEFAULT_POOLING
     _model: Any = field(default=None, init=False)
     _tokenizer: Any = field(default=None, init=False)
 
@@ -49,7 +69,7 @@ class FeatureExtractor:
 
     @property
     def dim(self) -> int:
-        return int(self._loaded.config.hidden_size)
+        return feature_dim(int(self._loaded.config.hidden_size), self.pooling)
 
     @property
     def _loaded(self) -> Any:
@@ -65,8 +85,8 @@ class FeatureExtractor:
         return list(ids)[-MAX_FEATURE_TOKENS:]
 
     def features(self, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None) -> torch.Tensor:
-        """Mean of the truncated backbone's output states over the prompt tokens: shape (hidden,)."""
+        """The truncated backbone's output states pooled over the prompt tokens: shape (dim,)."""
         ids = torch.tensor([self.prompt_ids(messages, tools)])
         with torch.inference_mode():
             hidden = self._loaded(input_ids=ids).last_hidden_state
-        return hidden[0].mean(dim=0).float()
+        return pool(hidden[0], self.pooling).float()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +82,11 @@ class AutoRouter:
                 are served is known only once they are installed (`missing_roles`).
         """
         gate = load_gate(gate_dir / GATE_FILE)
-        extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer).load()
+        extractor = FeatureExtractor(model_dir, layer=gate.spec.features.layer,
+                                     pooling=gate.spec.features.pooling).load()
         if extractor.dim != gate.spec.features.dim:
             raise GateLoadError(f"{gate_dir / GATE_FILE}: features of dim {gate.spec.features.dim}, "
-                                f"but the model's hidden size is {extractor.dim}")
+                                f"but the model's {gate.spec.features.pooling} features have {extractor.dim}")
         return cls(gate=gate, features=extractor, resolver=RoleResolver(MixtureCache(mixtures_dir)))
 
     def missing_roles(self, available: Sequence[str]) -> list[str]:
@@ -99,9 +100,7 @@ class AutoRouter:
         vector = self.features.features(messages, tools)
         decision = self.gate.decide_features(vector, allowed=allowed)
         elapsed = (time.perf_counter() - started) * 1000
-        return RouteDecision(roles=decision.roles, weights=decision.weights, path=decision.path,
-                             role_probs=decision.role_probs, think_prob=decision.think_prob,
-                             reason=decision.reason, gate_ms=elapsed)
+        return replace(decision, gate_ms=elapsed)
 
 
 async def decide(router: AutoRouter, turns: list[dict[str, str]], tools: list[dict[str, Any]] | None) -> RouteDecision:

@@ -176,6 +176,8 @@ class RouteResponse(BaseModel):
     think_prob: float
     reason: str
     gate_ms: float
+    action_probs: dict[str, float] = Field(default_factory=dict, description=(
+        "A policy gate's probability per action (`roles|path`); empty for a role-and-think gate."))
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,10 @@ All policies are read from one outcome table measured in the same run on held-ou
 prompts (`routers.offline.measure`, `routers.offline.heldout`), so they are compared side
 by side, prompt by prompt:
 
-- `gate`: the shipped gate (supervised + RLOO); `gate (supervised only)` in the report;
+- `gate`: the gate evaluated; beside it the gate file written for comparison
+  (`gate-supervised.json`): `gate (supervised only)` for a role-and-think gate (its head
+  before RLOO), `gate (exact objective)` for a policy gate (the exact expected-reward
+  policy at the same k and lam, the same as `gate` unless RLOO won on validation);
 - `always-think` / `never-think`: the gate's roles, path forced;
 - `fixed:<role>:<path>`: one role on one path for everything, for every role the gate may
   choose and both paths;
@@ -38,6 +41,8 @@ RANDOM_SEED = 0
 # at least as accurate as the best of them, with no standard error of slack.
 FIXED_PREFIX = "fixed:"
 PROMPT_BLIND = ("always-think", "never-think")
+SUPERVISED_ONLY = "gate (supervised only)"
+EXACT_OBJECTIVE = "gate (exact objective)"
 
 Action = tuple[tuple[str, ...], Path_]
 Choice = Callable[[int, TaskOutcomes], Action]
@@ -171,8 +176,10 @@ def score_policies(
     roles: Sequence[str],
     top_k: int,
     rule: KindRule | None = None,
+    comparison: str = SUPERVISED_ONLY,
 ) -> tuple[list[PolicyScore], PolicyScore]:
-    """Scores of the gate and every baseline (report order) and of the supervised-only gate."""
+    """Scores of the gate and every baseline (report order) and of the comparison gate
+    (`supervised`, named `comparison`)."""
     if [t.id for t in tasks] != [row.task_id for row in table]:
         raise ValueError("tasks and outcome table are not in the same order")
     policies = [
@@ -196,7 +203,7 @@ def score_policies(
     for row in table:
         oracle.add(row.kind, _oracle(row))
     policies.append(oracle)
-    return policies, _score("gate (supervised only)", table,
+    return policies, _score(comparison, table,
                             lambda i, r: (tuple(supervised[i].roles), supervised[i].path))
 
 

@@ -1,12 +1,16 @@
 """Outcomes measured on the real engine: every task under every routing action.
 
 An action is a set of roles (served as their uniform mixture) and a path. Running every
-action once per prompt gives the outcome table that the gate learns from and that every
+action on every prompt gives the outcome table that the gate learns from and that every
 policy is scored against:
 
-- TWN labels: a prompt is labelled `think` only where the best think outcome is correct
-  and no direct outcome is (thinking changes the outcome);
-- ReMix rewards: each role subset's correctness, looked up while RLOO samples subsets;
+- one greedy run per action (`TaskOutcomes.outcomes`): what evaluation reads, and the TWN
+  label (a prompt is labelled `think` only where some think outcome is correct and no
+  direct outcome is);
+- optionally N sampled runs per action besides it (`TaskOutcomes.samples`, temperature
+  > 0, seeded): with them the policy's target is P(correct | prompt, action), the mean
+  over all of an action's runs, rather than one greedy coin flip. A table without
+  samples (every table measured before them) reads as one run per action;
 - evaluation: the gate and every baseline are read from the same table of one run, side
   by side.
 """
@@ -22,10 +26,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from routers.gate import action_key
 from routers.offline.scoring import reasoning_text
 from routers.offline.tasks import Task
 from routers.prompt import Path_, max_tokens_for, route_messages
@@ -43,10 +48,6 @@ def role_subsets(roles: Sequence[str], max_k: int) -> list[tuple[str, ...]]:
     return [tuple(sorted(c)) for k in range(1, max_k + 1) for c in itertools.combinations(sorted(roles), k)]
 
 
-def action_key(roles: Sequence[str], path: Path_) -> str:
-    return f"{'+'.join(sorted(roles))}|{path}"
-
-
 class Outcome(BaseModel):
     """One measured run: a task under one role set and path."""
 
@@ -59,6 +60,8 @@ class Outcome(BaseModel):
     reasoning_tokens: int = Field(ge=0)
     latency_s: float = Field(ge=0)
     text: str
+    temperature: float = Field(default=0.0, ge=0, description="0: the greedy run.")
+    seed: int | None = Field(default=None, description="The sampling seed of a run at temperature > 0.")
 
 
 class TaskOutcomes(BaseModel):
@@ -68,14 +71,40 @@ class TaskOutcomes(BaseModel):
 
     task_id: str
     kind: str
-    outcomes: dict[str, Outcome]
+    outcomes: dict[str, Outcome] = Field(description="The greedy run of each action.")
     think_label: bool = Field(description="Thinking is correct where no direct action is.")
     prompt_digest: str | None = Field(
         default=None, description="`prompt_digest` of the task measured, so a reread table is "
         "checked against today's prompts (absent in tables measured before it existed).")
+    samples: dict[str, list[Outcome]] = Field(
+        default_factory=dict, description="Sampled runs of each action besides its greedy one "
+        "(absent in tables measured with none).")
+
+    @model_validator(mode="after")
+    def _samples_of_measured_actions(self) -> TaskOutcomes:
+        stray = sorted(set(self.samples) - set(self.outcomes))
+        if stray:
+            raise ValueError(f"samples of actions without a greedy run: {', '.join(stray)}")
+        return self
 
     def outcome(self, roles: Sequence[str], path: Path_) -> Outcome:
+        """The greedy run of an action."""
         return self.outcomes[action_key(roles, path)]
+
+    def runs(self, roles: Sequence[str], path: Path_) -> list[Outcome]:
+        """Every run of an action: the greedy one first, then its samples."""
+        key = action_key(roles, path)
+        return [self.outcomes[key], *self.samples.get(key, [])]
+
+    def p_correct(self, roles: Sequence[str], path: Path_) -> float:
+        """P(correct | prompt, action) as measured: the share of the action's runs that are right."""
+        runs = self.runs(roles, path)
+        return sum(o.correct for o in runs) / len(runs)
+
+    def mean_tokens(self, roles: Sequence[str], path: Path_) -> float:
+        """Expected generated tokens of the action: the mean over its runs."""
+        runs = self.runs(roles, path)
+        return sum(o.generated_tokens for o in runs) / len(runs)
 
 
 def twn_label(outcomes: dict[str, Outcome]) -> bool:
@@ -108,26 +137,50 @@ def rescore(table: Sequence[TaskOutcomes], tasks: Sequence[Task]) -> list[TaskOu
             raise StaleOutcomes(f"the measured table's task {row.task_id!r} is not today's; "
                                 "measure the table again (`agentstack gate train`)")
         outcomes = {k: o.model_copy(update={"correct": task.score(o.text)}) for k, o in row.outcomes.items()}
-        rows.append(row.model_copy(update={"outcomes": outcomes, "think_label": twn_label(outcomes)}))
+        samples = {k: [o.model_copy(update={"correct": task.score(o.text)}) for o in runs]
+                   for k, runs in row.samples.items()}
+        rows.append(row.model_copy(update={"outcomes": outcomes, "samples": samples,
+                                           "think_label": twn_label(outcomes)}))
     return rows
 
 
 @dataclass(frozen=True, slots=True)
 class MeasureConfig:
+    """Which actions run, and how many times each.
+
+    `samples` runs at `temperature` come besides the greedy one; sample i is seeded
+    `seed + i`, the same for every prompt and action, so a table can be measured again."""
+
     roles: tuple[str, ...]
     max_k: int = 2
     concurrency: int = 24
+    samples: int = 0
+    temperature: float = 0.7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError(f"samples must be >= 0, not {self.samples}")
+        if self.samples and self.temperature <= 0:
+            raise ValueError("sampled runs need a temperature > 0")
+
+    @property
+    def runs_per_action(self) -> int:
+        return 1 + self.samples
 
 
-async def run_action(service: Service, role: Role, task: Task, path: Path_) -> Outcome:
-    """Serve one task greedily under `role` and `path`, exactly as `model: auto` serves it."""
+async def run_action(service: Service, role: Role, task: Task, path: Path_, *, temperature: float = 0.0,
+                     seed: int | None = None) -> Outcome:
+    """Serve one task under `role` and `path`, exactly as `model: auto` serves it: greedily,
+    or sampled at `temperature` with `seed`."""
     from vllm import SamplingParams
 
     assert service.engine is not None
     messages = route_messages(task.messages, task.tools, think=path == "think")
     prompt_ids = service.engine.chat_prompt(messages)
     room = service.settings.max_model_len - len(prompt_ids)
-    params = SamplingParams(temperature=0.0, max_tokens=max(1, min(max_tokens_for(path), room)))
+    params = SamplingParams(temperature=temperature, seed=seed if temperature > 0 else None,
+                            max_tokens=max(1, min(max_tokens_for(path), room)))
     started = time.perf_counter()
     final = None
     async for output in service.stream(role, prompt_ids, params, request_id=f"gate-{uuid.uuid4().hex}"):
@@ -140,7 +193,8 @@ async def run_action(service: Service, role: Role, task: Task, path: Path_) -> O
     return Outcome(roles=sorted(role_names(role)), path=path, correct=task.score(completion.text),
                    generated_tokens=len(completion.token_ids),
                    reasoning_tokens=min(reasoning_tokens, len(completion.token_ids)),
-                   latency_s=round(latency, 4), text=completion.text)
+                   latency_s=round(latency, 4), text=completion.text, temperature=temperature,
+                   seed=seed if temperature > 0 else None)
 
 
 def role_names(role: Role) -> list[str]:
@@ -156,26 +210,37 @@ async def measure(
     *,
     on_done: Callable[[], None] | None = None,
 ) -> list[TaskOutcomes]:
-    """Run every task under every action (role subset x path) on the engine, concurrently."""
+    """Run every task under every action (role subset x path) on the engine, concurrently:
+    once greedily, then `config.samples` times sampled."""
     subsets = role_subsets(config.roles, config.max_k)
     served = {s: await resolver.role_for(service, s) for s in subsets}
     semaphore = asyncio.Semaphore(config.concurrency)
 
-    async def one(task: Task, subset: tuple[str, ...], path: Path_) -> tuple[str, str, Outcome]:
+    async def one(task: Task, subset: tuple[str, ...], path: Path_, sample: int | None
+                  ) -> tuple[str, str, int | None, Outcome]:
         async with semaphore:
-            outcome = await run_action(service, served[subset], task, path)
+            if sample is None:
+                outcome = await run_action(service, served[subset], task, path)
+            else:
+                outcome = await run_action(service, served[subset], task, path, temperature=config.temperature,
+                                           seed=config.seed + sample)
         outcome.roles = list(subset)
         if on_done is not None:
             on_done()
-        return task.id, action_key(subset, path), outcome
+        return task.id, action_key(subset, path), sample, outcome
 
-    jobs = [one(t, s, p) for t in tasks for s in subsets for p in PATHS]
+    draws: list[int | None] = [None, *range(config.samples)]
+    jobs = [one(t, s, p, d) for t in tasks for s in subsets for p in PATHS for d in draws]
     results = await asyncio.gather(*jobs)
-    by_task: dict[str, dict[str, Outcome]] = {t.id: {} for t in tasks}
-    for task_id, key, outcome in results:
-        by_task[task_id][key] = outcome
-    return [TaskOutcomes(task_id=t.id, kind=t.kind, outcomes=by_task[t.id], think_label=twn_label(by_task[t.id]),
-                         prompt_digest=prompt_digest(t))
+    greedy: dict[str, dict[str, Outcome]] = {t.id: {} for t in tasks}
+    sampled: dict[str, dict[str, list[Outcome]]] = {t.id: {} for t in tasks}
+    for task_id, key, sample, outcome in results:  # gather keeps job order: samples stay in seed order
+        if sample is None:
+            greedy[task_id][key] = outcome
+        else:
+            sampled[task_id].setdefault(key, []).append(outcome)
+    return [TaskOutcomes(task_id=t.id, kind=t.kind, outcomes=greedy[t.id], think_label=twn_label(greedy[t.id]),
+                         prompt_digest=prompt_digest(t), samples=sampled[t.id])
             for t in tasks]
 
 
@@ -183,9 +248,23 @@ def n_actions(config: MeasureConfig) -> int:
     return len(role_subsets(config.roles, config.max_k)) * len(PATHS)
 
 
+def n_runs(config: MeasureConfig, n_tasks: int) -> int:
+    """Engine runs `measure` makes for `n_tasks` prompts."""
+    return n_tasks * n_actions(config) * config.runs_per_action
+
+
+def _row_json(row: TaskOutcomes) -> str:
+    """A row as one line; a greedy run's sampling fields (always 0 and none) and an empty
+    `samples` are left out, so a table without samples is written as before they existed."""
+    exclude: dict[str, Any] = {"outcomes": {key: {"temperature", "seed"} for key in row.outcomes}}
+    if not row.samples:
+        exclude["samples"] = True
+    return row.model_dump_json(exclude=exclude)
+
+
 def write_outcomes(path: Path, table: Sequence[TaskOutcomes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(t.model_dump_json() + "\n" for t in table), encoding="utf-8")
+    path.write_text("".join(_row_json(t) + "\n" for t in table), encoding="utf-8")
 
 
 def read_outcomes(path: Path) -> list[TaskOutcomes]:
@@ -201,13 +280,18 @@ def read_outcomes(path: Path) -> list[TaskOutcomes]:
 
 
 def summary(table: Sequence[TaskOutcomes]) -> dict[str, object]:
-    """Per action: accuracy over the table; and how many prompts are labelled think."""
-    actions: dict[str, list[bool]] = {}
+    """Per action: greedy accuracy and mean P(correct) over the table; runs per action; and
+    how many prompts are labelled think."""
+    greedy: dict[str, list[bool]] = {}
+    soft: dict[str, list[float]] = {}
     for row in table:
         for key, outcome in row.outcomes.items():
-            actions.setdefault(key, []).append(outcome.correct)
-    return {"prompts": len(table), "think_labels": sum(r.think_label for r in table),
-            "accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(actions.items())}}
+            greedy.setdefault(key, []).append(outcome.correct)
+            soft.setdefault(key, []).append(row.p_correct(outcome.roles, outcome.path))
+    runs = sorted({1 + len(row.samples.get(key, [])) for row in table for key in row.outcomes})
+    return {"prompts": len(table), "think_labels": sum(r.think_label for r in table), "runs_per_action": runs,
+            "accuracy": {k: round(sum(v) / len(v), 4) for k, v in sorted(greedy.items())},
+            "p_correct": {k: round(sum(v) / len(v), 4) for k, v in sorted(soft.items())}}
 
 
 def dumps(obj: object) -> str:

@@ -142,7 +142,7 @@ def write_report(
     return ReportFiles(report, (bars, tradeoff_chart(out_dir / TRADEOFF_FILE, shown)))
 
 
-GATE_COLORS = ("#C44E52", "#DD8452", "#4C72B0")  # the gate, its supervised-only head, the rest
+GATE_COLORS = ("#C44E52", "#DD8452", "#4C72B0")  # the gate, its comparison gate, the rest
 
 
 def _color(policy: str) -> str:

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from agentstack.api.schemas import RouteResponse
 from agentstack.config import PACKAGE_DATA, Settings
 from agentstack.service import Service
 from routers.features import FeatureExtractor
-from routers.gate import GATE_FILE, GateHead, GateLoadError, load_gate, save_gate
+from routers.gate import (
+    GATE_FILE,
+    SUPERVISED_GATE_FILE,
+    GateHead,
+    GateLoadError,
+    PolicyHead,
+    action_key,
+    load_gate,
+    save_gate,
+)
+from routers.serving import AutoRouter
 
 ROLES = ["assistant", "reasoner", "single"]
 SHIPPED_GATE = PACKAGE_DATA / "gate" / GATE_FILE
+# Every role set of 1 or 2 roles, each on both paths.
+ACTIONS = [{"roles": roles, "path": path}
+           for roles in (["assistant"], ["reasoner"], ["single"], ["assistant", "reasoner"],
+                         ["assistant", "single"], ["reasoner", "single"])
+           for path in ("direct", "think")]
 
 
 def _spec(top_k: int = 1) -> dict[str, object]:
@@ -26,6 +43,119 @@ def _write_gate(directory: Path, top_k: int = 1) -> Path:
     torch.manual_seed(3)
     head = GateHead(576, 8, len(ROLES))
     return save_gate(directory, head, _spec(top_k))
+
+
+def _policy_spec(top_k: int = 2) -> dict[str, object]:
+    actions = [a for a in ACTIONS if len(a["roles"]) <= top_k]
+    return {"base_model": "smollm2-135m-instruct", "features": {"layer": 4, "pooling": "mean", "dim": 576},
+            "roles": ROLES, "top_k": top_k, "hidden": 8, "actions": actions}
+
+
+def _write_policy(directory: Path, top_k: int = 2) -> Path:
+    torch.manual_seed(3)
+    head = PolicyHead(576, 8, len(_policy_spec(top_k)["actions"]))  # type: ignore[arg-type]
+    return save_gate(directory, head, _policy_spec(top_k))
+
+
+@pytest.mark.parametrize("name", [GATE_FILE, SUPERVISED_GATE_FILE])
+def test_the_shipped_gate_still_loads(name: str) -> None:
+    """The shipped files (format 1, role head and think head) load unchanged and decide."""
+    gate = load_gate(PACKAGE_DATA / "gate" / name)
+    assert gate.spec.format == "agentstack-gate/1" and not gate.spec.is_policy
+    assert isinstance(gate.head, GateHead)
+    decision = gate.decide_features(torch.randn(gate.spec.features.dim, generator=torch.Generator().manual_seed(0)))
+    assert len(decision.roles) == gate.spec.top_k and decision.action_probs == {}
+    assert "action_probs" not in json.loads(decision.header())
+
+
+def test_a_policy_gate_round_trips_and_decides_one_action(tmp_path: Path) -> None:
+    gate = load_gate(_write_policy(tmp_path))
+    assert gate.spec.format == "agentstack-gate/2" and gate.required_lora_rank == 32
+    assert "think_threshold" not in json.loads((tmp_path / GATE_FILE).read_text())
+    x = torch.randn(576, generator=torch.Generator().manual_seed(1))
+    decision = gate.decide_features(x)
+    assert decision == gate.decide_features(x.clone())
+    probs = decision.action_probs
+    assert list(probs) == [action_key(a["roles"], a["path"]) for a in ACTIONS]  # type: ignore[arg-type]
+    assert abs(sum(probs.values()) - 1) < 1e-6
+    assert action_key(decision.roles, decision.path) == max(probs, key=probs.__getitem__)
+    assert decision.weights == tuple(1 / len(decision.roles) for _ in decision.roles)
+    assert decision.think_prob == pytest.approx(sum(p for k, p in probs.items() if k.endswith("|think")))
+    assert decision.role_probs["single"] == pytest.approx(sum(p for k, p in probs.items() if "single" in k))
+    header = json.loads(decision.header())
+    assert header["action_probs"] and header["roles"] == list(decision.roles)
+
+
+def test_the_router_serves_a_policy_gate_decision_unchanged(tmp_path: Path) -> None:
+    """`AutoRouter.decide` adds only its time; `/v1/route` returns the action probabilities."""
+    gate = load_gate(_write_policy(tmp_path))
+    x = torch.randn(576, generator=torch.Generator().manual_seed(2))
+
+    class Features:
+        def features(self, messages: object, tools: object) -> torch.Tensor:
+            return x
+
+    router = AutoRouter(gate=gate, features=Features(), resolver=None)  # type: ignore[arg-type]
+    served = router.decide([{"role": "user", "content": "hi"}], None)
+    assert replace(served, gate_ms=0.0) == gate.decide_features(x) and served.gate_ms > 0
+    response = RouteResponse.model_validate(served.as_dict())
+    assert response.action_probs == {k: round(v, 4) for k, v in served.action_probs.items()}
+
+
+def test_a_policy_gate_keeps_to_the_allowed_roles_and_k(tmp_path: Path) -> None:
+    gate = load_gate(_write_policy(tmp_path))
+    x = torch.randn(576, generator=torch.Generator().manual_seed(1))
+    free = gate.decide_features(x)
+    for allowed in (["single"], ["assistant", "single"], ["reasoner"]):
+        only = gate.decide_features(x, allowed=allowed)
+        assert set(only.roles) <= set(allowed) and only.action_probs == free.action_probs
+        best = max((k for k in free.action_probs if set(k.split("|")[0].split("+")) <= set(allowed)),
+                   key=free.action_probs.__getitem__)
+        assert action_key(only.roles, only.path) == best
+    assert len(gate.decide_features(x, top_k=1).roles) == 1
+    with pytest.raises(ValueError):
+        gate.decide_features(x, allowed=["nobody"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"think_threshold": 0.5}, "needs actions and no think_threshold"),
+        ({"actions": None}, "needs actions"),
+        ({"actions": []}, "must not be empty"),
+        ({"actions": [*ACTIONS[:4], ACTIONS[0]]}, "distinct"),
+        ({"actions": [{"roles": ["reasoner", "assistant"], "path": "think"}]}, "sorted"),
+        ({"actions": [{"roles": ["critic"], "path": "think"}]}, "not in roles"),
+        ({"actions": [{"roles": ["assistant"], "path": "maybe"}]}, "path"),
+        ({"top_k": 1}, "largest action has 2 roles"),
+        ({"features": {"layer": 4, "pooling": "max", "dim": 576}}, "pooling"),
+        ({"features": {"layer": 4, "pooling": "mean+last", "dim": 577}}, "even dim"),
+    ],
+    ids=["threshold", "no-actions", "empty", "repeated", "unsorted", "unknown-role", "path", "top-k",
+         "pooling", "odd-dim"],
+)
+def test_a_bad_policy_gate_file_is_a_clear_error(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    _write_policy(tmp_path)
+    spec = json.loads((tmp_path / GATE_FILE).read_text())
+    (tmp_path / GATE_FILE).write_text(json.dumps({**spec, **change}))
+    with pytest.raises(GateLoadError, match=message):
+        load_gate(tmp_path / GATE_FILE)
+
+
+def test_a_role_gate_file_may_not_name_actions(tmp_path: Path) -> None:
+    _write_gate(tmp_path)
+    spec = json.loads((tmp_path / GATE_FILE).read_text())
+    (tmp_path / GATE_FILE).write_text(json.dumps({**spec, "actions": ACTIONS}))
+    with pytest.raises(GateLoadError, match="needs think_threshold and no actions"):
+        load_gate(tmp_path / GATE_FILE)
+
+
+def test_policy_weights_must_fit_the_actions(tmp_path: Path) -> None:
+    _write_policy(tmp_path)
+    spec = json.loads((tmp_path / GATE_FILE).read_text())
+    (tmp_path / GATE_FILE).write_text(json.dumps({**spec, "actions": ACTIONS[:6], "top_k": 1}))
+    with pytest.raises(GateLoadError, match="6 actions"):
+        load_gate(tmp_path / GATE_FILE)
 
 
 def test_round_trip_and_deterministic(tmp_path: Path) -> None:
