@@ -34,6 +34,9 @@ from typing import Any
 import torch
 
 NO_ADAPTER = -1
+MAX_RUN_ADDS = 8
+"""Up to this many runs of rows an adapter's deltas are added run by run (contiguous adds);
+more (tokens of many requests interleaved one by one) take one index_add."""
 
 DENSE_MAX_TOKENS = 64
 """Up to this many tokens, several adapters' deltas come from one product over all slots
@@ -42,10 +45,12 @@ DENSE_MAX_TOKENS = 64
 
 @dataclass(frozen=True, slots=True)
 class TokenGroup:
-    """The rows of one adapter slot: a contiguous slice, or an index tensor when scattered."""
+    """The rows of one adapter slot: a contiguous slice, or an index tensor when scattered,
+    and the runs of consecutive rows they make (in order)."""
 
     slot: int
     rows: slice | torch.Tensor
+    runs: tuple[slice, ...]
 
 
 @dataclass(slots=True)
@@ -81,7 +86,7 @@ def plan_from_token_slots(token_slots: list[int]) -> TokenPlan:
     rows_of: dict[int, list[int]] = {}
     for row, slot in enumerate(token_slots):
         rows_of.setdefault(slot, []).append(row)
-    groups = [TokenGroup(slot, _rows(rows)) for slot, rows in rows_of.items()]
+    groups = [TokenGroup(slot, _rows(rows), _runs(rows)) for slot, rows in rows_of.items()]
     return TokenPlan(len(token_slots), groups, token_slots)
 
 
@@ -92,6 +97,16 @@ def plan_from_segments(seq_lens: list[int], segment_slots: list[int]) -> TokenPl
     different roles interleaved) becomes one gathered product, not one per run."""
     token_slots = [slot for length, slot in zip(seq_lens, segment_slots) for _ in range(length)]
     return plan_from_token_slots(token_slots)
+
+
+def _runs(rows: list[int]) -> tuple[slice, ...]:
+    runs, start = [], rows[0]
+    for previous, row in zip(rows, rows[1:]):
+        if row != previous + 1:
+            runs.append(slice(start, previous + 1))
+            start = row
+    runs.append(slice(start, rows[-1] + 1))
+    return tuple(runs)
 
 
 def _rows(rows: list[int]) -> slice | torch.Tensor:
@@ -490,10 +505,17 @@ class LiveProjection:
             for index, (offset, _, b, width) in enumerate(slices):
                 product = (deltas[:, index * rank:(index + 1) * rank] @ b.fp32()[group.slot, :width].t()).to(y.dtype)
                 target = y[:, offset:offset + width]
-                if isinstance(group.rows, slice):
-                    target[group.rows].add_(product)
-                else:
-                    target.index_add_(0, group.rows, product)
+                if len(group.runs) > MAX_RUN_ADDS:
+                    target.index_add_(0, group.rows, product)  # type: ignore[arg-type]
+                    continue
+                # Prefills of several roles interleave: a few runs of rows per adapter,
+                # each one contiguous add (an index_add over scattered rows costs more
+                # than the products).
+                done = 0
+                for run in group.runs:
+                    size = run.stop - run.start
+                    target[run].add_(product[done:done + size])
+                    done += size
 
 
 class LiveSlicesCache:
