@@ -487,12 +487,11 @@ class LiveProjection:
         stock op's one-token product, bound by reading the activations), then each
         slice's expand."""
         inputs = converted_input(x, torch.float32)
+        weights = [(offset, slot_weights.get(a), slot_weights.get(b), width) for _, offset, a, b, width in self.slices]
         for group in plan.groups:
             if group.slot == NO_ADAPTER:
                 continue
-            slices = [(offset, slot_weights.get(a), slot_weights.get(b), width)
-                      for _, offset, a, b, width in self.slices
-                      if slot_weights.get(a).live[group.slot] and slot_weights.get(b).live[group.slot]]
+            slices = [w for w in weights if w[1].live[group.slot] and w[2].live[group.slot]]
             if not slices:
                 continue
             rank = slices[0][1].rows
