@@ -57,16 +57,26 @@ def among_distractors(example: BfclExample, pool: Sequence[Function], budget_tok
     rng = _rng(seed, example, "toolbox")
     names = set(function_names(example.functions))
     functions = list(example.functions)
-    size = listing_tokens(functions, count)
     candidates = [f for f in pool if f["name"] not in names]
     rng.shuffle(candidates)
+    for function in fitting(functions, candidates, budget_tokens, count):
+        functions.insert(rng.randrange(len(functions) + 1), function)
+    return replace(example, functions=functions)
+
+
+def fitting(functions: Sequence[Function], candidates: Sequence[Function], budget_tokens: int,
+            count: TokenCounter) -> list[Function]:
+    """The candidates, in order, that a listing of `functions` takes on within
+    `budget_tokens` (up to the first that would overflow it)."""
+    size = listing_tokens(functions, count)
+    added: list[Function] = []
     for function in candidates:
         cost = listing_tokens([function], count) + 1
         if size + cost > budget_tokens:
             break
-        functions.insert(rng.randrange(len(functions) + 1), function)
+        added.append(function)
         size += cost
-    return replace(example, functions=functions)
+    return added
 
 
 def answer_position(example: BfclExample) -> int | None:

@@ -47,7 +47,7 @@ from agentstack.chat.tool_prompts import (
     single_messages,
 )
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
-from agentstack.offline.bfcl.listings import distractor_pool, listing_tokens
+from agentstack.offline.bfcl.listings import distractor_pool, fitting, listing_tokens
 
 DATA_SEED = 7
 # Training on a 2-core CPU runs at 100-170 tokens/s, so each role sees a fixed sample of
@@ -198,15 +198,7 @@ class _Draft:
 
 def _fill(functions: list[Function], candidates: Sequence[Function], budget: int) -> list[Function]:
     """`functions`, then candidates in order while the listing stays within `budget` tokens."""
-    listed = list(functions)
-    size = listing_tokens(listed, approx_tokens)
-    for function in candidates:
-        cost = listing_tokens([function], approx_tokens) + 1
-        if size + cost > budget:
-            break
-        listed.append(function)
-        size += cost
-    return listed
+    return [*functions, *fitting(functions, candidates, budget, approx_tokens)]
 
 
 def _answered(example: BfclExample, unrelated: Sequence[Function], seed: int) -> _Draft:
