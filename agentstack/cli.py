@@ -192,7 +192,7 @@ def bench_serve(
 @bench_app.command("engine")
 def bench_engine(
     prompts: Annotated[int, typer.Option(help="Requests per batch.", min=1)] = 8,
-    rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 3,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of every request kind.", min=1)] = 5,
     prefill_tokens: Annotated[int, typer.Option(help="Prompt length of the prefill-heavy batch.", min=8)] = 1000,
     decode_tokens: Annotated[int, typer.Option(help="Output length of the decode-heavy batch.", min=2)] = 128,
     kinds: Annotated[str, typer.Option(

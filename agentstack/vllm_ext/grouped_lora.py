@@ -472,6 +472,7 @@ class LiveProjection:
     slices: list[LiveSlice]
     _fused: FusedProjection | None = None
     _fused_built: bool = False
+    _per_adapter: dict[int, AdapterProducts | None] = field(default_factory=dict)
 
     def fused(self, plan: TokenPlan) -> FusedProjection | None:
         """The fused products for a small step (built on first use); None for a large one."""
@@ -484,28 +485,24 @@ class LiveProjection:
     def apply_per_adapter(self, plan: TokenPlan, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """A large step (prefill), 16-bit output: per adapter, one shrink over all its live
         slices (one pass over its tokens instead of one per slice: the shrink is the
-        stock op's one-token product, bound by reading the activations), then each
-        slice's expand."""
+        stock op's one-token product, bound by reading the activations) and one expand
+        into all of them (block-diagonal B, as ``FusedProjection``)."""
         inputs = converted_input(x, torch.float32)
-        weights = [(offset, slot_weights.get(a), slot_weights.get(b), width) for _, offset, a, b, width in self.slices]
         for group in plan.groups:
             if group.slot == NO_ADAPTER:
                 continue
-            slices = [w for w in weights if w[1].live[group.slot] and w[2].live[group.slot]]
-            if not slices:
+            products = self._adapter_products(group.slot)
+            if products is None:
                 continue
-            rank = slices[0][1].rows
-            stacked = torch.cat([a.fp32()[group.slot] for _, a, _, _ in slices])
-            deltas = _token_dot(inputs[group.rows], stacked)
+            deltas = _token_dot(inputs[group.rows], products.shrink)
             if scale != 1.0:
                 deltas.mul_(scale)
             # The stock expand rounds the fp32 deltas to the output dtype before its product.
-            deltas = deltas.to(y.dtype).float()
-            for index, (offset, _, b, width) in enumerate(slices):
-                product = (deltas[:, index * rank:(index + 1) * rank] @ b.fp32()[group.slot, :width].t()).to(y.dtype)
-                target = y[:, offset:offset + width]
+            product = (deltas.to(y.dtype).float() @ products.expand).to(y.dtype)
+            for source, target in products.outputs:
+                columns = y[:, target]
                 if len(group.runs) > MAX_RUN_ADDS:
-                    target.index_add_(0, group.rows, product)  # type: ignore[arg-type]
+                    columns.index_add_(0, group.rows, product[:, source])  # type: ignore[arg-type]
                     continue
                 # Prefills of several roles interleave: a few runs of rows per adapter,
                 # each one contiguous add (an index_add over scattered rows costs more
@@ -513,8 +510,44 @@ class LiveProjection:
                 done = 0
                 for run in group.runs:
                     size = run.stop - run.start
-                    target[run].add_(product[done:done + size])
+                    columns[run].add_(product[done:done + size, source])
                     done += size
+
+    def _adapter_products(self, slot: int) -> AdapterProducts | None:
+        if slot not in self._per_adapter:
+            self._per_adapter[slot] = AdapterProducts.build(slot, self.slices)
+        return self._per_adapter[slot]
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterProducts:
+    """One adapter's LoRA on one projection for a large step: its A of every live slice
+    stacked (``[slices * rank, in]``) and its B block-diagonal (``[slices * rank, out]``),
+    so that each token's deltas are one shrink and one expand whatever the slice count.
+    The expand adds exact zeros for the other slices' ranks, so each output element is
+    the stock op's product."""
+
+    shrink: torch.Tensor
+    expand: torch.Tensor
+    outputs: list[tuple[slice, slice]]
+
+    @classmethod
+    def build(cls, slot: int, slices: list[LiveSlice]) -> AdapterProducts | None:
+        """None when the adapter holds no weights in these slices."""
+        live = [(offset, slot_weights.get(a), slot_weights.get(b), width) for _, offset, a, b, width in slices]
+        live = [entry for entry in live if entry[1].live[slot] and entry[2].live[slot]]
+        if not live:
+            return None
+        rank = live[0][1].rows
+        expand = torch.zeros(rank * len(live), sum(width for *_, width in live))
+        outputs: list[tuple[slice, slice]] = []
+        column = 0
+        for index, (offset, _, b, width) in enumerate(live):
+            expand[index * rank:(index + 1) * rank, column:column + width] = b.fp32()[slot, :width].t()
+            outputs.append((slice(column, column + width), slice(offset, offset + width)))
+            column += width
+        return cls(shrink=torch.cat([a.fp32()[slot] for _, a, _, _ in live]), expand=expand,
+                   outputs=_merged(outputs))
 
 
 class LiveSlicesCache:

@@ -56,7 +56,7 @@ class EngineBenchConfig:
     prefill_tokens: int = 1000
     decode_prompt_tokens: int = 32
     decode_tokens: int = 128
-    rounds: int = 3
+    rounds: int = 5
     roles: tuple[str, ...] = ("selector", "arguments", "single")
     report_dir: Path = Path("reports")
     seed: int = 0
@@ -81,7 +81,7 @@ class Measured:
 
 @dataclass(slots=True)
 class Rounds:
-    """One request kind's batches, a throughput per round. The figure reported is the
+    """One request kind's batches, a throughput per round. The throughput reported is the
     median round: a shared 2-core machine has slow outlier rounds that a sum would carry."""
 
     measured: list[Measured] = field(default_factory=list)
@@ -109,10 +109,9 @@ class EngineBenchResult:
             for w, kinds in self.measured.items()
         }
         out["ratios"] = {
-            "prefill_mixed_vs_base": _ratio(out["prefill"]["mixed_tok_s"], out["prefill"]["base_tok_s"]),
-            "decode_mixed_vs_base": _ratio(out["decode"]["mixed_tok_s"], out["decode"]["base_tok_s"]),
-            "prefill_grouped_vs_stock": _ratio(out["prefill"]["mixed_tok_s"], out["prefill"]["mixed_stock_tok_s"]),
-            "decode_grouped_vs_stock": _ratio(out["decode"]["mixed_tok_s"], out["decode"]["mixed_stock_tok_s"]),
+            f"{workload}_{name}": _paired_ratio(self.measured.get(workload, {}), kind, reference)
+            for workload in ("prefill", "decode")
+            for name, kind, reference in (("mixed_vs_base", "mixed", "base"), ("grouped_vs_stock", "mixed", "mixed_stock"))
         }
         out["rounds"] = {w: {k: r.per_round for k, r in kinds.items()} for w, kinds in self.measured.items()}
         out["config"] = {"prompts": self.config.prompts, "prefill_tokens": self.config.prefill_tokens,
@@ -135,8 +134,17 @@ class EngineBenchResult:
         return table
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
+def _paired_ratio(kinds: dict[str, Rounds], kind: str, reference: str) -> float | None:
+    """The median over rounds of ``kind``'s throughput over ``reference``'s in the same round.
+
+    A round runs every kind back to back, so a ratio within a round cancels the drift of
+    this shared machine's speed between rounds (±30 %), which a ratio of two medians from
+    different rounds would carry."""
+    if kind not in kinds or reference not in kinds:
+        return None
+    pairs = [a.tok_s / b.tok_s for a, b in zip(kinds[kind].measured, kinds[reference].measured, strict=True)
+             if a.tok_s and b.tok_s]
+    return round(statistics.median(pairs), 3) if pairs else None
 
 
 class EngineBench:
@@ -253,6 +261,9 @@ def write_report(result: EngineBenchResult) -> None:
         "",
         "Median round of each kind; every round, in order: "
         + "; ".join(f"{w} {KIND_TITLES[k]} {v}" for w, kinds in s["rounds"].items() for k, v in kinds.items()) + ".",
+        "",
+        "Ratios are the median over rounds of the ratio within each round (paired: a round runs "
+        "every kind back to back, so the machine's drift between rounds cancels).",
         "",
         f"Three roles mixed vs base model: prefill **{r['prefill_mixed_vs_base']}**, decode "
         f"**{r['decode_mixed_vs_base']}** (target >= 0.8).",
