@@ -411,20 +411,13 @@ class FusedProjection:
                            and any(w.live[g.slot] for w in shrink_weights)})
         if not adapters:
             return None
-        rank = shrink_weights[0].rows
-        ranks = rank * len(slices)
-        width = sum(w for *_, w in slices)
         chosen = torch.tensor(adapters, dtype=torch.long)
         shrink = torch.cat([w.fp32()[chosen] for w in shrink_weights], dim=1)
         shrink = shrink.reshape(-1, shrink.shape[-1])
-        expand = torch.zeros(len(adapters), ranks, width)
-        outputs: list[tuple[slice, slice]] = []
-        column = 0
-        for index, ((_, offset, _, _, out_width), weights) in enumerate(zip(slices, expand_weights, strict=True)):
-            expand[:, index * rank:(index + 1) * rank, column:column + out_width] = (
-                weights.fp32()[chosen, :out_width].transpose(1, 2))
-            outputs.append((slice(column, column + out_width), slice(offset, offset + out_width)))
-            column += out_width
+        expand, outputs = _block_diagonal([
+            (offset, weights.fp32()[chosen, :out_width].transpose(1, 2))
+            for (_, offset, _, _, out_width), weights in zip(slices, expand_weights, strict=True)])
+        ranks, width = expand.shape[-2:]
         position = {slot: i for i, slot in enumerate(adapters)}
         rows = torch.tensor([position.get(s, 0) for s in plan.token_slots], dtype=torch.long)
         has_delta = [s in position for s in plan.token_slots]
@@ -434,7 +427,7 @@ class FusedProjection:
             expand=expand,
             slot_rows=rows[None, :, None].expand(1, plan.tokens, width),
             valid=None if all(has_delta) else torch.tensor([[float(d)] for d in has_delta]),
-            outputs=_merged(outputs),
+            outputs=outputs,
         )
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
@@ -451,6 +444,22 @@ class FusedProjection:
         product = per_adapter.gather(0, self.slot_rows).squeeze(0).to(y.dtype)
         for source, target in self.outputs:
             y[:, target].add_(product[:, source])
+
+
+def _block_diagonal(blocks: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
+    """Several slices' B (each ``[..., rank, width]``, with its output offset) as one
+    block-diagonal ``[..., slices * rank, total width]``, and each slice's columns there
+    and in the output (adjacent ones merged)."""
+    rank = blocks[0][1].shape[-2]
+    expand = torch.zeros(*blocks[0][1].shape[:-2], rank * len(blocks), sum(b.shape[-1] for _, b in blocks))
+    outputs: list[tuple[slice, slice]] = []
+    column = 0
+    for index, (offset, block) in enumerate(blocks):
+        width = block.shape[-1]
+        expand[..., index * rank:(index + 1) * rank, column:column + width] = block
+        outputs.append((slice(column, column + width), slice(offset, offset + width)))
+        column += width
+    return expand, _merged(outputs)
 
 
 def _merged(outputs: list[tuple[slice, slice]]) -> list[tuple[slice, slice]]:
@@ -538,16 +547,8 @@ class AdapterProducts:
         live = [entry for entry in live if entry[1].live[slot] and entry[2].live[slot]]
         if not live:
             return None
-        rank = live[0][1].rows
-        expand = torch.zeros(rank * len(live), sum(width for *_, width in live))
-        outputs: list[tuple[slice, slice]] = []
-        column = 0
-        for index, (offset, _, b, width) in enumerate(live):
-            expand[index * rank:(index + 1) * rank, column:column + width] = b.fp32()[slot, :width].t()
-            outputs.append((slice(column, column + width), slice(offset, offset + width)))
-            column += width
-        return cls(shrink=torch.cat([a.fp32()[slot] for _, a, _, _ in live]), expand=expand,
-                   outputs=_merged(outputs))
+        expand, outputs = _block_diagonal([(offset, b.fp32()[slot, :width].t()) for offset, _, b, width in live])
+        return cls(shrink=torch.cat([a.fp32()[slot] for _, a, _, _ in live]), expand=expand, outputs=outputs)
 
 
 class LiveSlicesCache:
