@@ -388,18 +388,19 @@ LiveSlice = tuple[int, int, torch.Tensor, torch.Tensor, int]
 class FusedProjection:
     """One projection's LoRA for one small step, as two products: the A of every live
     slice and active adapter stacked (``[adapters * slices * rank, in]``) for the shrink,
-    and their B block-diagonal (``[adapters, slices * rank, out]``) for the expand.
+    and their B block-diagonal over adapters and slices (``[adapters * slices * rank,
+    out]``) for the expand. A mask keeps each token's own adapter's deltas and zeroes the
+    rest before the expand, so the expand needs no per-adapter products or gathers.
 
     Each output element is still the product the stock ops compute, summed in the same
     order (the shrink is the stock op's one-token batched product over a wider matrix; the
-    expand adds exact zeros for the other slices' ranks), so results stay bit-identical;
-    the tensors are built once per batch composition and reused every decode step."""
+    expand adds exact zeros for the other slices' and adapters' ranks), so results stay
+    bit-identical; the tensors are built once per batch composition and reused every
+    decode step."""
 
     shrink: torch.Tensor
-    columns: torch.Tensor
+    mask: torch.Tensor
     expand: torch.Tensor
-    slot_rows: torch.Tensor
-    valid: torch.Tensor | None
     outputs: list[tuple[slice, slice]]
 
     @classmethod
@@ -417,31 +418,23 @@ class FusedProjection:
         expand, outputs = _block_diagonal([
             (offset, weights.fp32()[chosen, :out_width].transpose(1, 2))
             for (_, offset, _, _, out_width), weights in zip(slices, expand_weights, strict=True)])
-        ranks, width = expand.shape[-2:]
+        ranks = expand.shape[-2]
         position = {slot: i for i, slot in enumerate(adapters)}
-        rows = torch.tensor([position.get(s, 0) for s in plan.token_slots], dtype=torch.long)
-        has_delta = [s in position for s in plan.token_slots]
-        return cls(
-            shrink=shrink.t().expand(plan.tokens, *shrink.t().shape),
-            columns=rows[:, None] * ranks + torch.arange(ranks),
-            expand=expand,
-            slot_rows=rows[None, :, None].expand(1, plan.tokens, width),
-            valid=None if all(has_delta) else torch.tensor([[float(d)] for d in has_delta]),
-            outputs=outputs,
-        )
+        # Tokens without an adapter here (slot -1, or none of its weights in these slices)
+        # match no block.
+        blocks = torch.tensor([position.get(s, -1) for s in plan.token_slots])
+        mask = (torch.arange(len(adapters) * ranks) // ranks == blocks[:, None]).float()
+        return cls(shrink=shrink.t().expand(plan.tokens, *shrink.t().shape), mask=mask,
+                   expand=expand.reshape(-1, expand.shape[-1]), outputs=outputs)
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """``y[:, slice] += x @ A.T @ B.T`` for every live slice, each token its adapter's."""
         deltas = torch.bmm(converted_input(x, torch.float32).unsqueeze(1), self.shrink).squeeze(1)
-        deltas = deltas.gather(1, self.columns)
-        if self.valid is not None:
-            deltas.mul_(self.valid)
+        deltas.mul_(self.mask)
         if scale != 1.0:
             deltas.mul_(scale)
         # The stock expand rounds the fp32 deltas to the output dtype before its product.
-        deltas = deltas.to(y.dtype).float()
-        per_adapter = torch.bmm(deltas.expand(self.expand.shape[0], *deltas.shape), self.expand)
-        product = per_adapter.gather(0, self.slot_rows).squeeze(0).to(y.dtype)
+        product = (deltas.to(y.dtype).float() @ self.expand).to(y.dtype)
         for source, target in self.outputs:
             y[:, target].add_(product[:, source])
 
