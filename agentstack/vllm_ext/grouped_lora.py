@@ -353,7 +353,8 @@ def add_lora_linear(
     made. In a small step (decode) the projection's live slices and adapters are fused
     into one shrink and one expand (``FusedProjection``): a decode step is a few dozen
     such calls, and their count of small ops is what it spends. In a large one (prefill)
-    each adapter's tokens are shrunk once for all its slices."""
+    each adapter's tokens are shrunk once for all its slices and expanded with one
+    block-diagonal product (``AdapterProducts``)."""
     if self.is_prefill:
         if self.no_lora:
             return
@@ -390,7 +391,7 @@ class FusedProjection:
     slice and active adapter stacked (``[adapters * slices * rank, in]``) for the shrink,
     and their B block-diagonal over adapters and slices (``[adapters * slices * rank,
     out]``) for the expand. A mask keeps each token's own adapter's deltas and zeroes the
-    rest before the expand, so the expand needs no per-adapter products or gathers.
+    rest before the expand (``[tokens, adapters * slices * rank]``, boolean), so the expand needs no per-adapter products or gathers.
 
     Each output element is still the product the stock ops compute, summed in the same
     order (the shrink is the stock op's one-token batched product over a wider matrix; the
@@ -422,15 +423,17 @@ class FusedProjection:
         position = {slot: i for i, slot in enumerate(adapters)}
         # Tokens without an adapter here (slot -1, or none of its weights in these slices)
         # match no block.
-        blocks = torch.tensor([position.get(s, -1) for s in plan.token_slots])
-        mask = (torch.arange(len(adapters) * ranks) // ranks == blocks[:, None]).float()
+        token_block = torch.tensor([position.get(s, -1) for s in plan.token_slots])
+        mask = torch.arange(len(adapters) * ranks) // ranks == token_block[:, None]
         return cls(shrink=shrink.t().expand(plan.tokens, *shrink.t().shape), mask=mask,
                    expand=expand.reshape(-1, expand.shape[-1]), outputs=outputs)
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """``y[:, slice] += x @ A.T @ B.T`` for every live slice, each token its adapter's."""
         deltas = torch.bmm(converted_input(x, torch.float32).unsqueeze(1), self.shrink).squeeze(1)
-        deltas.mul_(self.mask)
+        # Selected, not multiplied: another adapter's overflowing delta must not turn into
+        # NaN (inf * 0) in this token's product.
+        deltas = torch.where(self.mask, deltas, 0.0)
         if scale != 1.0:
             deltas.mul_(scale)
         # The stock expand rounds the fp32 deltas to the output dtype before its product.

@@ -159,12 +159,13 @@ def test_weights_rewritten_in_place_are_seen() -> None:
                                      "decode step of three roles", "long decode of three roles", "base only",
                                      "one adapter", "last slot"])
 @pytest.mark.parametrize("is_prefill", [True, False], ids=["prefill", "decode"])
-@pytest.mark.parametrize("variant", ["q/v/o", "v only in one adapter", "scaled", "float16"])
+@pytest.mark.parametrize("variant", ["q/v/o", "v only in one adapter", "all slices", "scaled", "float16"])
 def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool, variant: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole projection (q/k/v slices, k without weights, as a q/v/o adapter leaves it)
-    through vLLM's CPU punica wrapper, stock and grouped: per-slice products on long steps,
-    one fused shrink and expand on small ones."""
+    """The whole projection (q/k/v slices, k without weights as a q/v/o adapter leaves it,
+    or all three live) through vLLM's CPU punica wrapper, stock and grouped: one shrink and
+    one block-diagonal expand per adapter on long steps, one fused shrink and expand for
+    all adapters on small ones."""
     from vllm.lora.layers.utils import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
@@ -180,7 +181,8 @@ def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool, va
     widths = (64, 32, 32)
     a = tuple(_weights((16, 96), dtype, dead_slot=None) for _ in widths)
     b = tuple(_weights((w, 16), dtype, dead_slot=None) for w in widths)
-    a[1].zero_(), b[1].zero_()  # k: no adapter touches it
+    if variant != "all slices":
+        a[1].zero_(), b[1].zero_()  # k: no adapter touches it
     if variant == "v only in one adapter":
         a[0][2].zero_(), b[0][2].zero_()
     expected = torch.randn(len(slots), sum(widths)).to(dtype)

@@ -108,10 +108,11 @@ class EngineBenchResult:
             w: {f"{k}_tok_s": round(kinds[k].tok_s, 1) if k in kinds else None for k in KINDS}
             for w, kinds in self.measured.items()
         }
+        pairs = (("mixed_vs_base", "mixed", "base"), ("grouped_vs_stock", "mixed", "mixed_stock"))
         out["ratios"] = {
             f"{workload}_{name}": _paired_ratio(self.measured.get(workload, {}), kind, reference)
             for workload in ("prefill", "decode")
-            for name, kind, reference in (("mixed_vs_base", "mixed", "base"), ("grouped_vs_stock", "mixed", "mixed_stock"))
+            for name, kind, reference in pairs
         }
         out["rounds"] = {w: {k: r.per_round for k, r in kinds.items()} for w, kinds in self.measured.items()}
         out["config"] = {"prompts": self.config.prompts, "prefill_tokens": self.config.prefill_tokens,
@@ -129,8 +130,10 @@ class EngineBenchResult:
         for kind in self.config.kinds:
             table.add_row(KIND_TITLES[kind], f"{s['prefill'][f'{kind}_tok_s']:.1f}", f"{s['decode'][f'{kind}_tok_s']:.1f}")
         r = s["ratios"]
-        table.caption = (f"mixed/base: prefill {r['prefill_mixed_vs_base']}, decode {r['decode_mixed_vs_base']}; "
-                         f"grouped/stock: prefill {r['prefill_grouped_vs_stock']}, decode {r['decode_grouped_vs_stock']}")
+        table.caption = (
+            f"paired ratios, mixed/base: prefill {r['prefill_mixed_vs_base']}, "
+            f"decode {r['decode_mixed_vs_base']}; grouped/stock: prefill "
+            f"{r['prefill_grouped_vs_stock']}, decode {r['decode_grouped_vs_stock']}")
         return table
 
 
