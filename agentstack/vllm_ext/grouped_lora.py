@@ -390,8 +390,9 @@ class FusedProjection:
     """One projection's LoRA for one small step, as two products: the A of every live
     slice and active adapter stacked (``[adapters * slices * rank, in]``) for the shrink,
     and their B block-diagonal over adapters and slices (``[adapters * slices * rank,
-    out]``) for the expand. A mask keeps each token's own adapter's deltas and zeroes the
-    rest before the expand (``[tokens, adapters * slices * rank]``, boolean), so the expand needs no per-adapter products or gathers.
+    out]``) for the expand. A boolean mask (``[tokens, adapters * slices * rank]``) keeps
+    each token's own adapter's deltas and zeroes the rest before the expand, so the expand
+    needs no per-adapter products or gathers.
 
     Each output element is still the product the stock ops compute, summed in the same
     order (the shrink is the stock op's one-token batched product over a wider matrix; the
@@ -409,8 +410,8 @@ class FusedProjection:
         """None when no token's adapter holds weights in these slices."""
         shrink_weights = [slot_weights.get(a) for _, _, a, _, _ in slices]
         expand_weights = [slot_weights.get(b) for _, _, _, b, _ in slices]
-        adapters = sorted({g.slot for g in plan.groups if g.slot != NO_ADAPTER
-                           and any(w.live[g.slot] for w in shrink_weights)})
+        adapters = sorted({g.slot for g in plan.groups
+                           if any(_writes(a, b, g.slot) for _, _, a, b, _ in slices)})
         if not adapters:
             return None
         chosen = torch.tensor(adapters, dtype=torch.long)
@@ -539,12 +540,19 @@ class AdapterProducts:
     @classmethod
     def build(cls, slot: int, slices: list[LiveSlice]) -> AdapterProducts | None:
         """None when the adapter holds no weights in these slices."""
-        live = [(offset, slot_weights.get(a), slot_weights.get(b), width) for _, offset, a, b, width in slices]
-        live = [entry for entry in live if entry[1].live[slot] and entry[2].live[slot]]
+        live = [(offset, a, b, width) for _, offset, a, b, width in slices if _writes(a, b, slot)]
         if not live:
             return None
-        expand, outputs = _block_diagonal([(offset, b.fp32()[slot, :width].t()) for offset, _, b, width in live])
-        return cls(shrink=torch.cat([a.fp32()[slot] for _, a, _, _ in live]), expand=expand, outputs=outputs)
+        expand, outputs = _block_diagonal([
+            (offset, slot_weights.get(b).fp32()[slot, :width].t()) for offset, _, b, width in live])
+        shrink = torch.cat([slot_weights.get(a).fp32()[slot] for _, a, _, _ in live])
+        return cls(shrink=shrink, expand=expand, outputs=outputs)
+
+
+def _writes(lora_a: torch.Tensor, lora_b: torch.Tensor, slot: int) -> bool:
+    """Whether the adapter in ``slot`` holds weights in this slice (both A and B): the one
+    test of which slices and adapters a step's products include."""
+    return slot != NO_ADAPTER and slot_weights.get(lora_a).live[slot] and slot_weights.get(lora_b).live[slot]
 
 
 class LiveSlicesCache:
@@ -564,8 +572,7 @@ class LiveSlicesCache:
             return entry[3]
         live = []
         for index, (a, b, width) in enumerate(zip(lora_a, lora_b, widths, strict=True)):
-            shrink, expand = slot_weights.get(a), slot_weights.get(b)
-            if any(g.slot != NO_ADAPTER and shrink.live[g.slot] and expand.live[g.slot] for g in plan.groups):
+            if any(_writes(a, b, g.slot) for g in plan.groups):
                 live.append((index, sum(widths[:index]), a, b, width))
         if len(self._entries) >= SlotWeightsCache.MAX_ENTRIES:
             self._entries.clear()
