@@ -48,6 +48,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
+TRAINING_RECORD = "training.json"
 SORT_WINDOW_BATCHES = 8
 
 
@@ -491,10 +492,46 @@ def _progress() -> Progress:
     )
 
 
+def _finished_run(spec: TrainSpec) -> TrainResult | None:
+    """The run recorded in `out_dir` when it was made by these settings on this data, so a
+    rebuild that stopped after some roles does not retrain the ones already done."""
+    record_path = spec.out_dir / TRAINING_RECORD
+    if not (record_path.is_file() and (spec.out_dir / ADAPTER_WEIGHTS).is_file()):
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("fingerprint") != spec.fingerprint() or record.get(
+        "data_sha256"
+    ) != _sha256(spec.examples):
+        return None
+    return TrainResult(
+        out_dir=spec.out_dir,
+        steps=record["steps"],
+        final_loss=record["final_loss"],
+        seconds=record["seconds"],
+        examples=record["examples"],
+    )
+
+
+def _record_run(spec: TrainSpec, result: TrainResult) -> None:
+    record = {
+        "fingerprint": spec.fingerprint(),
+        "data_sha256": _sha256(spec.examples),
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "seconds": result.seconds,
+        "examples": result.examples,
+    }
+    (spec.out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def train_lora(spec: TrainSpec) -> TrainResult:
-    """Train one adapter as `spec` says, resuming from `<out_dir>/checkpoint` when present."""
+    """Train one adapter as `spec` says, resuming from `<out_dir>/checkpoint` when present;
+    an adapter already finished with the same settings and data is returned as it is."""
     from transformers import AutoTokenizer
 
+    if (finished := _finished_run(spec)) is not None:
+        logger.info("%s: already trained with these settings, kept", spec.out_dir.name)
+        return finished
     torch.manual_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     pad_id = (
@@ -559,7 +596,7 @@ def train_lora(spec: TrainSpec) -> TrainResult:
         state.seconds,
         final_loss,
     )
-    return TrainResult(
+    result = TrainResult(
         out_dir=spec.out_dir,
         steps=state.step,
         final_loss=final_loss,
@@ -567,3 +604,5 @@ def train_lora(spec: TrainSpec) -> TrainResult:
         examples=len(encoded),
         resumed_from_step=resumed_from,
     )
+    _record_run(spec, result)
+    return result

@@ -160,6 +160,11 @@ def test_tiny_run_resumes_and_shares_v_proj_a(
     assert "tiny.jsonl" in card and "| steps | 3 |" in card
     assert str(tmp_path) not in (spec.out_dir / "adapter_config.json").read_text() + card
 
+    monkeypatch.setattr(lora, "_build_model", crash)
+    again = train_lora(spec)
+    monkeypatch.undo()
+    assert (again.steps, again.final_loss) == (result.steps, result.final_loss)
+
     other = train_lora(
         spec.model_copy(
             update={"out_dir": tmp_path / "other", "frozen_v_proj_a_from": spec.out_dir}
