@@ -335,6 +335,30 @@ def _common_columns(lora_b_weights: torch.Tensor, output_tensor: torch.Tensor) -
     return slice(0, min(lora_b_weights.shape[-2], output_tensor.shape[1]))
 
 
+STEP_PLAN = "_grouped_lora_step_plan"
+
+
+def step_plan(wrapper: Any) -> TokenPlan | None:
+    """The token plan of the wrapper's current step (None: no token has an adapter), kept
+    on the wrapper for every op of the step. vLLM rewrites the wrapper's index buffers in
+    place when the batch's mapping or adapter slots change, which bumps their version; the
+    plan is looked at again only then, instead of in each of a step's few dozen ops."""
+    version = wrapper._token_lora_indices._version
+    cached = wrapper.__dict__.get(STEP_PLAN)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    plan: TokenPlan | None
+    if not wrapper.is_prefill:
+        plan = token_plan(wrapper.token_lora_indices)
+    elif wrapper.no_lora:
+        plan = None
+    else:
+        _, seq_lens, segment_slots, *_ = wrapper.prefill_metadata
+        plan = segment_plan(seq_lens, segment_slots)
+    wrapper.__dict__[STEP_PLAN] = (version, plan)
+    return plan
+
+
 def add_lora_linear(
     self: Any,
     y: torch.Tensor,
@@ -355,20 +379,16 @@ def add_lora_linear(
     such calls, and their count of small ops is what it spends. In a large one (prefill)
     each adapter's tokens are shrunk once for all its slices and expanded with one
     block-diagonal product (``AdapterProducts``)."""
-    if self.is_prefill:
-        if self.no_lora:
-            return
-        _, seq_lens, segment_slots, *_ = self.prefill_metadata
-        plan = segment_plan(seq_lens, segment_slots)
-    else:
-        plan = token_plan(self.token_lora_indices)
+    plan = step_plan(self)
+    if plan is None:
+        return
     projection = live_slices(plan, lora_a_stacked, lora_b_stacked, output_slices)
     if not projection.slices:
         return
-    x = x.view(-1, x.shape[-1])
-    y = y.view(-1, y.shape[-1])
+    if x.dim() != 2:
+        x, y = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
     if y.dtype != torch.float32:
-        fused = projection.fused(plan)
+        fused = projection.fused(plan, y.shape[1])
         if fused is not None:
             fused.apply(x, y, scale)
         else:
@@ -390,9 +410,10 @@ class FusedProjection:
     """One projection's LoRA for one small step, as two products: the A of every live
     slice and active adapter stacked (``[adapters * slices * rank, in]``) for the shrink,
     and their B block-diagonal over adapters and slices (``[adapters * slices * rank,
-    out]``) for the expand. A boolean mask (``[tokens, adapters * slices * rank]``) keeps
-    each token's own adapter's deltas and zeroes the rest before the expand, so the expand
-    needs no per-adapter products or gathers.
+    out]``, zero columns where a slice without weights lies between two live ones) for the
+    expand. A boolean mask (``[tokens, adapters * slices * rank]``) zeroes every rank
+    that is not the token's own adapter's before the expand, so the expand needs no
+    per-adapter products or gathers, and its product is added to the output in one op.
 
     Each output element is still the product the stock ops compute, summed in the same
     order (the shrink is the stock op's one-token batched product over a wider matrix; the
@@ -401,12 +422,13 @@ class FusedProjection:
     decode step."""
 
     shrink: torch.Tensor
-    mask: torch.Tensor
+    others: torch.Tensor
     expand: torch.Tensor
-    outputs: list[tuple[slice, slice]]
+    columns: slice | None
+    """The output columns the expand covers; None for all of them."""
 
     @classmethod
-    def build(cls, plan: TokenPlan, slices: list[LiveSlice]) -> FusedProjection | None:
+    def build(cls, plan: TokenPlan, slices: list[LiveSlice], out_width: int) -> FusedProjection | None:
         """None when no token's adapter holds weights in these slices."""
         shrink_weights = [slot_weights.get(a) for _, _, a, _, _ in slices]
         expand_weights = [slot_weights.get(b) for _, _, _, b, _ in slices]
@@ -417,57 +439,43 @@ class FusedProjection:
         chosen = torch.tensor(adapters, dtype=torch.long)
         shrink = torch.cat([w.fp32()[chosen] for w in shrink_weights], dim=1)
         shrink = shrink.reshape(-1, shrink.shape[-1])
-        expand, outputs = _block_diagonal([
-            (offset, weights.fp32()[chosen, :out_width].transpose(1, 2))
-            for (_, offset, _, _, out_width), weights in zip(slices, expand_weights, strict=True)])
+        expand, columns = _block_diagonal([
+            (offset, weights.fp32()[chosen, :width].transpose(1, 2))
+            for (_, offset, _, _, width), weights in zip(slices, expand_weights, strict=True)])
         ranks = expand.shape[-2]
         position = {slot: i for i, slot in enumerate(adapters)}
         # Tokens without an adapter here (slot -1, or none of its weights in these slices)
         # match no block.
         token_block = torch.tensor([position.get(s, -1) for s in plan.token_slots])
-        mask = torch.arange(len(adapters) * ranks) // ranks == token_block[:, None]
-        return cls(shrink=shrink.t().expand(plan.tokens, *shrink.t().shape), mask=mask,
-                   expand=expand.reshape(-1, expand.shape[-1]), outputs=outputs)
+        others = torch.arange(len(adapters) * ranks) // ranks != token_block[:, None]
+        return cls(shrink=shrink.t().expand(plan.tokens, *shrink.t().shape), others=others,
+                   expand=expand.reshape(-1, expand.shape[-1]),
+                   columns=None if columns == slice(0, out_width) else columns)
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """``y[:, slice] += x @ A.T @ B.T`` for every live slice, each token its adapter's."""
-        deltas = torch.bmm(converted_input(x, torch.float32).unsqueeze(1), self.shrink).squeeze(1)
-        # Selected, not multiplied: another adapter's overflowing delta must not turn into
+        deltas = torch.bmm(x.float().unsqueeze(1), self.shrink).squeeze(1)
+        # Filled, not multiplied: another adapter's overflowing delta must not turn into
         # NaN (inf * 0) in this token's product.
-        deltas = torch.where(self.mask, deltas, 0.0)
+        deltas.masked_fill_(self.others, 0.0)
         if scale != 1.0:
             deltas.mul_(scale)
         # The stock expand rounds the fp32 deltas to the output dtype before its product.
         product = (deltas.to(y.dtype).float() @ self.expand).to(y.dtype)
-        for source, target in self.outputs:
-            y[:, target].add_(product[:, source])
+        (y if self.columns is None else y[:, self.columns]).add_(product)
 
 
-def _block_diagonal(blocks: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
-    """Several slices' B (each ``[..., rank, width]``, with its output offset) as one
-    block-diagonal ``[..., slices * rank, total width]``, and each slice's columns there
-    and in the output (adjacent ones merged)."""
+def _block_diagonal(blocks: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, slice]:
+    """Several slices' B (each ``[..., rank, width]``, with its output offset, in order) as
+    one block-diagonal ``[..., slices * rank, span]`` over the output columns from the
+    first slice's start to the last one's end (zeros between), and that span."""
     rank = blocks[0][1].shape[-2]
-    expand = torch.zeros(*blocks[0][1].shape[:-2], rank * len(blocks), sum(b.shape[-1] for _, b in blocks))
-    outputs: list[tuple[slice, slice]] = []
-    column = 0
+    start = blocks[0][0]
+    stop = blocks[-1][0] + blocks[-1][1].shape[-1]
+    expand = torch.zeros(*blocks[0][1].shape[:-2], rank * len(blocks), stop - start)
     for index, (offset, block) in enumerate(blocks):
-        width = block.shape[-1]
-        expand[..., index * rank:(index + 1) * rank, column:column + width] = block
-        outputs.append((slice(column, column + width), slice(offset, offset + width)))
-        column += width
-    return expand, _merged(outputs)
-
-
-def _merged(outputs: list[tuple[slice, slice]]) -> list[tuple[slice, slice]]:
-    """Adjacent (source, target) column ranges joined: one add where slices are contiguous."""
-    merged: list[tuple[slice, slice]] = []
-    for source, target in outputs:
-        if merged and merged[-1][0].stop == source.start and merged[-1][1].stop == target.start:
-            last_source, last_target = merged.pop()
-            source, target = slice(last_source.start, source.stop), slice(last_target.start, target.stop)
-        merged.append((source, target))
-    return merged
+        expand[..., index * rank:(index + 1) * rank, offset - start:offset - start + block.shape[-1]] = block
+    return expand, slice(start, stop)
 
 
 @dataclass(slots=True)
@@ -480,12 +488,12 @@ class LiveProjection:
     _fused_built: bool = False
     _per_adapter: dict[int, AdapterProducts | None] = field(default_factory=dict)
 
-    def fused(self, plan: TokenPlan) -> FusedProjection | None:
+    def fused(self, plan: TokenPlan, out_width: int) -> FusedProjection | None:
         """The fused products for a small step (built on first use); None for a large one."""
         if plan.tokens > DENSE_MAX_TOKENS:
             return None
         if not self._fused_built:
-            self._fused, self._fused_built = FusedProjection.build(plan, self.slices), True
+            self._fused, self._fused_built = FusedProjection.build(plan, self.slices, out_width), True
         return self._fused
 
     def apply_per_adapter(self, plan: TokenPlan, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
@@ -505,19 +513,18 @@ class LiveProjection:
                 deltas.mul_(scale)
             # The stock expand rounds the fp32 deltas to the output dtype before its product.
             product = (deltas.to(y.dtype).float() @ products.expand).to(y.dtype)
-            for source, target in products.outputs:
-                columns = y[:, target]
-                if len(group.runs) > MAX_RUN_ADDS:
-                    columns.index_add_(0, group.rows, product[:, source])  # type: ignore[arg-type]
-                    continue
-                # Prefills of several roles interleave: a few runs of rows per adapter,
-                # each one contiguous add (an index_add over scattered rows costs more
-                # than the products).
-                done = 0
-                for run in group.runs:
-                    size = run.stop - run.start
-                    columns[run].add_(product[done:done + size, source])
-                    done += size
+            columns = y[:, products.columns]
+            if len(group.runs) > MAX_RUN_ADDS:
+                columns.index_add_(0, group.rows, product)  # type: ignore[arg-type]
+                continue
+            # Prefills of several roles interleave: a few runs of rows per adapter, each
+            # one contiguous add (an index_add over scattered rows costs more than the
+            # products).
+            done = 0
+            for run in group.runs:
+                size = run.stop - run.start
+                columns[run].add_(product[done:done + size])
+                done += size
 
     def _adapter_products(self, slot: int) -> AdapterProducts | None:
         if slot not in self._per_adapter:
@@ -535,7 +542,7 @@ class AdapterProducts:
 
     shrink: torch.Tensor
     expand: torch.Tensor
-    outputs: list[tuple[slice, slice]]
+    columns: slice
 
     @classmethod
     def build(cls, slot: int, slices: list[LiveSlice]) -> AdapterProducts | None:
@@ -543,10 +550,10 @@ class AdapterProducts:
         live = [(offset, a, b, width) for _, offset, a, b, width in slices if _writes(a, b, slot)]
         if not live:
             return None
-        expand, outputs = _block_diagonal([
+        expand, columns = _block_diagonal([
             (offset, slot_weights.get(b).fp32()[slot, :width].t()) for offset, _, b, width in live])
         shrink = torch.cat([slot_weights.get(a).fp32()[slot] for _, a, _, _ in live])
-        return cls(shrink=shrink, expand=expand, outputs=outputs)
+        return cls(shrink=shrink, expand=expand, columns=columns)
 
 
 def _writes(lora_a: torch.Tensor, lora_b: torch.Tensor, slot: int) -> bool:
@@ -562,11 +569,11 @@ class LiveSlicesCache:
     costs one lookup per step, and one that adapters touch reuses its fused products."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[tuple[torch.Tensor, ...], TokenPlan, tuple[int, ...], LiveProjection]] = {}
+        self._entries: dict[int, tuple[tuple[torch.Tensor, ...], TokenPlan, list[int], LiveProjection]] = {}
 
     def __call__(self, plan: TokenPlan, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...],
                  widths: tuple[int, ...]) -> LiveProjection:
-        versions = tuple(t._version for t in lora_a) + tuple(t._version for t in lora_b)
+        versions = [t._version for t in lora_a] + [t._version for t in lora_b]
         entry = self._entries.get(id(lora_a))
         if entry is not None and entry[0] is lora_a and entry[1] is plan and entry[2] == versions:
             return entry[3]

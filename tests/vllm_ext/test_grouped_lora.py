@@ -206,3 +206,33 @@ def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool, va
         _assert_same(step, expected)
     small = len(slots) <= grouped.DENSE_MAX_TOKENS and any(s >= 0 for s in slots)
     assert len(fused_calls) == (2 if small else 0)
+
+
+def test_wrapper_follows_a_new_batch_mapping() -> None:
+    """The step's token plan is kept on the wrapper between ops; when vLLM maps the batch
+    to other adapters (same token count), the next op uses the new mapping."""
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    torch.manual_seed(5)
+    widths = (64, 32, 32)
+    a = tuple(_weights((16, 96), torch.bfloat16, dead_slot=None) for _ in widths)
+    b = tuple(_weights((w, 16), torch.bfloat16, dead_slot=None) for w in widths)
+    x = torch.randn(6, 96, dtype=torch.bfloat16)
+    y = torch.randn(6, sum(widths)).to(torch.bfloat16)
+    wrapper = PunicaWrapperCPU(256, 256, device="cpu")
+    outputs = []
+    for slots in ([0, 1, 2, 0, 1, 2], [2, 2, 1, 1, -1, 0]):
+        wrapper.update_metadata(LoRAMapping([s + 1 for s in slots], [0], is_prefill=True),
+                                [1, 2, 3, 4], SLOTS, 1000)
+        step = y.clone()
+        grouped.add_lora_linear(wrapper, step, x, a, b, 1.0, widths)
+        outputs.append(step)
+    expected = y.clone()
+    for index, (offset, width) in enumerate(zip((0, 64, 96), widths, strict=True)):
+        deltas = torch.zeros(6, 16)
+        stock.bgmv_shrink(x, _with_zero_slot(a[index]), deltas, torch.tensor([2, 2, 1, 1, SLOTS, 0]))
+        stock.bgmv_expand_slice(deltas, _with_zero_slot(b[index]), expected,
+                                torch.tensor([2, 2, 1, 1, SLOTS, 0]), offset, width, True)
+    _assert_same(outputs[1], expected)
+    assert not torch.equal(outputs[0], outputs[1])
