@@ -385,7 +385,7 @@ def add_lora_linear(
     projection = live_slices(plan, lora_a_stacked, lora_b_stacked, output_slices)
     if not projection.slices:
         return
-    if x.dim() != 2:
+    if x.dim() != 2 or y.dim() != 2:
         x, y = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
     if y.dtype != torch.float32:
         fused = projection.fused(plan, y.shape[1])
