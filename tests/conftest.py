@@ -99,17 +99,26 @@ class LiveServer:
             [sys.executable, "-m", "agentstack.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Not ready, or the test's timeout struck while waiting: no server outlives it.
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        self.stop()
         raise RuntimeError(f"server not ready in {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def stop(self) -> int | None:

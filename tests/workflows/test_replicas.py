@@ -33,11 +33,13 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, model_dir: Path,
                "AGENTSTACK_REDIS_PREFIX": "replicas", "AGENTSTACK_GRAPHS_FILE": str(USER_GRAPHS_FILE),
                "AGENTSTACK_RUN_LEASE_S": str(LEASE_S)}
         first = LiveServer(env=env, log_path=work / "first.log").start()
-        second = LiveServer(env=env, log_path=work / "second.log").start()
         try:
-            yield first, second
+            second = LiveServer(env=env, log_path=work / "second.log").start()
+            try:
+                yield first, second
+            finally:
+                second.stop()
         finally:
-            second.stop()
             first.stop()
 
 
