@@ -293,6 +293,7 @@ def bench_cache_served(
     min_context_tokens: Annotated[int, typer.Option(help="Toolbox size, BFCL workload.")] = 1024,
     probe: Annotated[str, typer.Option(help="Comma-separated roles: the probe workload.")] = "",
     isolate: Annotated[bool, typer.Option(help="One cache salt per role: no sharing.")] = False,
+    together: Annotated[bool, typer.Option(help="Probe roles sent at once, not in turn.")] = False,
 ) -> None:
     """One engine in one cache mode, in a process of its own (vLLM's state is per process):
     `bench cache` and the cache tests run one per mode."""
@@ -300,7 +301,7 @@ def bench_cache_served(
 
     roles = tuple(r for r in probe.split(",") if r)
     served_mode(mode, redis_url, out, probe=roles, prompts=prompts,
-                min_context_tokens=min_context_tokens, isolate=isolate)
+                min_context_tokens=min_context_tokens, isolate=isolate, together=together)
 
 
 @contextlib.contextmanager

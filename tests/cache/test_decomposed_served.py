@@ -81,3 +81,27 @@ def test_decomposed_reader_reuses_the_writers_prefix(tmp_path: Path, redis_url: 
     assert reader["prompt_tokens"] - reader["cached_tokens"] < writer["prompt_tokens"] - 100
     context_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] <= context_blocks + 2, "the reader reads the writer's blocks in place"
+
+
+def test_roles_arriving_together_prefill_the_context_once(tmp_path: Path) -> None:
+    """Two roles of the family sent at once: the context is prefilled once, and the other
+    role reads those blocks in engine memory in the same step (vLLM caches a block when it
+    allocates it, and the shared modes key blocks by family and salt, not adapter). Under
+    a salt per role, each role prefills its own copy. A Redis of its own, so that no
+    earlier test's stored blocks can be loaded instead."""
+    from agentstack.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "redis") as redis:
+        together = serve("decomposed", redis.url, tmp_path / "together.json", "--together")
+        apart = serve("decomposed", redis.url, tmp_path / "apart.json", "--together", "--isolate")
+
+    def prefilled(served: dict[str, Any]) -> int:
+        return sum(row["prompt_tokens"] - row["cached_tokens"] for row in served["rows"])
+
+    assert all(row["cached_tokens"] == 0 for row in apart["rows"])
+    first, second = sorted(together["rows"], key=lambda row: row["cached_tokens"])
+    assert first["cached_tokens"] == 0
+    context_blocks = (first["prompt_tokens"] - 40) // together["engine_block_size"]  # questions < 40 tokens
+    assert second["cached_tokens"] >= context_blocks * together["engine_block_size"]
+    assert prefilled(together) < 0.6 * prefilled(apart)
+    assert together["engine_blocks"] < apart["engine_blocks"]

@@ -207,13 +207,14 @@ def _reference(model_dir: Path, cases: list[ReferenceCase]) -> dict[str, dict[st
 
 def served_mode(
     mode: str, redis_url: str | None, out: Path, *, probe: tuple[str, ...] = (), prompts: int = 1,
-    min_context_tokens: int = MIN_CONTEXT_TOKENS, isolate: bool = False,
+    min_context_tokens: int = MIN_CONTEXT_TOKENS, isolate: bool = False, together: bool = False,
 ) -> None:
     """One engine with `cache.mode = mode`: warm the adapters, then the measured workload.
 
     The BFCL workload by default; with ``probe`` roles, the probe: the first role reads
-    the probe context then its question, then each other role, one token each. ``isolate``
-    gives every role its own cache salt, so none can reuse another's prefix.
+    the probe context then its question, then each other role, one token each; with
+    ``together``, all roles' requests are sent at once (roles arriving concurrently).
+    ``isolate`` gives every role its own cache salt, so none can reuse another's prefix.
     """
     from agentstack.engine import Engine, SchedulerSnapshot
     from agentstack.model_prep import prepare
@@ -246,10 +247,14 @@ def served_mode(
         if probe:
             context = engine.text_prompt(PROBE_CONTEXT)
             completer = RecordingCompleter(engine, adapters, 0, settings.cache.block_size, isolate)
-            for i, role in enumerate(roles):
-                question = engine.text_prompt("\n" + PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)])
-                await completer.request(role, context + question, 1)
-                result["probe_prompts"].append(context + question)
+            prompts_of = {role: context + engine.text_prompt("\n" + PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)])
+                          for i, role in enumerate(roles)}
+            if together:
+                await asyncio.gather(*(completer.request(role, ids, 1) for role, ids in prompts_of.items()))
+            else:
+                for role, ids in prompts_of.items():
+                    await completer.request(role, ids, 1)
+            result["probe_prompts"] = list(prompts_of.values())
             completers.append(completer)
         else:
             for i, prompt in enumerate(toolboxes):
