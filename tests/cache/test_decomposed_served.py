@@ -100,6 +100,7 @@ def test_roles_arriving_together_prefill_the_context_once(tmp_path: Path) -> Non
 
     assert all(row["cached_tokens"] == 0 for row in apart["rows"])
     first, second = sorted(together["rows"], key=lambda row: row["cached_tokens"])
+    assert second["sent_s"] < first["done_s"], "both requests were in the engine at once"
     assert first["cached_tokens"] == 0
     context_blocks = (first["prompt_tokens"] - 40) // together["engine_block_size"]  # questions < 40 tokens
     assert second["cached_tokens"] >= context_blocks * together["engine_block_size"]

@@ -93,6 +93,10 @@ class RequestRecord:
     ttft_s: float
     first_token: int
     logprobs: dict[str, float]
+    sent_s: float = 0.0
+    done_s: float = 0.0
+    """When the request was sent and answered (the process's monotonic clock): whether two
+    requests were in the engine at the same time."""
 
 
 def _digest(ids: list[int]) -> str:
@@ -147,6 +151,8 @@ class RecordingCompleter:
             ttft_s=first_at - started,
             first_token=out.token_ids[0],
             logprobs={str(t): float(lp.logprob) for t, lp in top.items()},
+            sent_s=started,
+            done_s=time.perf_counter(),
         ))
         self.blocks.update(PrefixHasher(self.block_size, "bench").block_hashes(ids, salt=salt))
         return out.text, len(out.token_ids)

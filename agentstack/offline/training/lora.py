@@ -492,36 +492,40 @@ def _progress() -> Progress:
     )
 
 
+def _run_record(spec: TrainSpec) -> dict[str, str]:
+    """What a finished adapter was made from: the settings, the data and, for a role on a
+    frozen v_proj A, that reference adapter's weights (retrained, it makes this one stale)."""
+    record = {"fingerprint": spec.fingerprint(), "data_sha256": _sha256(spec.examples)}
+    if spec.frozen_v_proj_a_from is not None:
+        record["shared_a_sha256"] = _sha256(spec.frozen_v_proj_a_from / ADAPTER_WEIGHTS)
+    return record
+
+
 def _finished_run(spec: TrainSpec) -> TrainResult | None:
-    """The run recorded in `out_dir` when it was made by these settings on this data, so a
-    rebuild that stopped after some roles does not retrain the ones already done."""
+    """The run recorded in `out_dir` when it was made from the same settings, data and
+    reference adapter, so a rebuild that stopped after some roles does not retrain the
+    ones already done. An unreadable record counts as none."""
     record_path = spec.out_dir / TRAINING_RECORD
     if not (record_path.is_file() and (spec.out_dir / ADAPTER_WEIGHTS).is_file()):
         return None
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    if record.get("fingerprint") != spec.fingerprint() or record.get(
-        "data_sha256"
-    ) != _sha256(spec.examples):
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if any(record.get(key) != value for key, value in _run_record(spec).items()):
+            return None
+        return TrainResult(out_dir=spec.out_dir, steps=int(record["steps"]),
+                           final_loss=float(record["final_loss"]), seconds=float(record["seconds"]),
+                           examples=int(record["examples"]))
+    except (ValueError, KeyError, TypeError):
         return None
-    return TrainResult(
-        out_dir=spec.out_dir,
-        steps=record["steps"],
-        final_loss=record["final_loss"],
-        seconds=record["seconds"],
-        examples=record["examples"],
-    )
 
 
 def _record_run(spec: TrainSpec, result: TrainResult) -> None:
-    record = {
-        "fingerprint": spec.fingerprint(),
-        "data_sha256": _sha256(spec.examples),
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "seconds": result.seconds,
-        "examples": result.examples,
-    }
-    (spec.out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    """Written last, whole (a file renamed into place), once the adapter is saved."""
+    record = {**_run_record(spec), "steps": result.steps, "final_loss": result.final_loss,
+              "seconds": result.seconds, "examples": result.examples}
+    staging = spec.out_dir / f"{TRAINING_RECORD}.partial"
+    staging.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    staging.replace(spec.out_dir / TRAINING_RECORD)
 
 
 def train_lora(spec: TrainSpec) -> TrainResult:
@@ -532,6 +536,8 @@ def train_lora(spec: TrainSpec) -> TrainResult:
     if (finished := _finished_run(spec)) is not None:
         logger.info("%s: already trained with these settings, kept", spec.out_dir.name)
         return finished
+    # The adapter about to be written is not the one any old record describes.
+    (spec.out_dir / TRAINING_RECORD).unlink(missing_ok=True)
     torch.manual_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     pad_id = (

@@ -177,6 +177,16 @@ def test_tiny_run_resumes_and_shares_v_proj_a(
     q_a = [k for k in ref_weights if ".q_proj.lora_A." in k]
     assert not all(torch.equal(ref_weights[k], other_weights[k]) for k in q_a)
 
+    # A role on a frozen A is stale once its reference adapter changes: it is retrained.
+    other_spec = spec.model_copy(update={"out_dir": other.out_dir, "frozen_v_proj_a_from": spec.out_dir})
+    monkeypatch.setattr(lora, "_build_model", crash)
+    assert train_lora(other_spec).steps == other.steps
+    weights_file = spec.out_dir / "adapter_model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes() + b" ")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_lora(other_spec)
+    assert not (other.out_dir / "training.json").exists()
+
 
 def test_tool_role_chats_are_supervised_on_the_reply_only(tokenizer: PreTrainedTokenizerBase) -> None:
     from agentstack.offline.bfcl.training_data import role_chats, train_examples
