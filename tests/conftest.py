@@ -94,12 +94,12 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         env = {**os.environ, **self.env, "AGENTSTACK_PORT": str(self.port)}
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agentstack.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
         try:
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "agentstack.cli", "serve"], env=env, stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             self._wait_ready()
         except BaseException:
             # Not ready, or the test's timeout struck while waiting: no server outlives it.
