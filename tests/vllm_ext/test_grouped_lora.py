@@ -10,6 +10,7 @@ weights with one zero slot appended, which is what -1 then selects.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -155,6 +156,22 @@ def test_weights_rewritten_in_place_are_seen() -> None:
     assert out.abs().sum() == 0
 
 
+def _stock_add_lora_linear(wrapper: Any, y: torch.Tensor, x: torch.Tensor, a: tuple[torch.Tensor, ...],
+                           b: tuple[torch.Tensor, ...], scale: float, widths: tuple[int, ...]) -> None:
+    """vLLM's own ``add_lora_linear`` for the wrapper's current mapping, with tokens of slot
+    -1 pointed at an appended zero slot (see the module docstring). Rewrites the wrapper's
+    indices: call ``update_metadata`` again before using the wrapper for anything else."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    indices = wrapper._token_lora_indices
+    indices.copy_(torch.where(indices < 0, SLOTS, indices))
+    if wrapper.is_prefill:
+        wrapper._update_prefill_metadata(wrapper.token_lora_indices)
+    PunicaWrapperCPU.__dict__["add_lora_linear"](
+        wrapper, y, x, tuple(_with_zero_slot(w) for w in a), tuple(_with_zero_slot(w) for w in b),
+        scale, widths)
+
+
 @pytest.mark.parametrize("pattern", ["interleaved roles", "with base tokens", "long prefill of three roles",
                                      "decode step of three roles", "long decode of three roles", "base only",
                                      "one adapter", "last slot"])
@@ -187,14 +204,7 @@ def test_wrapper_add_lora_linear_matches_vllm(pattern: str, is_prefill: bool, va
         a[0][2].zero_(), b[0][2].zero_()
     expected = torch.randn(len(slots), sum(widths)).to(dtype)
     actual = expected.clone()
-    stock_a = tuple(_with_zero_slot(w) for w in a)
-    stock_b = tuple(_with_zero_slot(w) for w in b)
-    original = PunicaWrapperCPU.__dict__["add_lora_linear"]
-    wrapper._token_lora_indices.copy_(torch.where(wrapper._token_lora_indices < 0, SLOTS,
-                                                  wrapper._token_lora_indices))
-    if is_prefill:
-        wrapper._update_prefill_metadata(wrapper.token_lora_indices)
-    original(wrapper, expected, x, stock_a, stock_b, scale, widths)
+    _stock_add_lora_linear(wrapper, expected, x, a, b, scale, widths)
     wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, 1000)
     fused_calls = []
     fused_apply = grouped.FusedProjection.apply
@@ -229,10 +239,6 @@ def test_wrapper_follows_a_new_batch_mapping() -> None:
         grouped.add_lora_linear(wrapper, step, x, a, b, 1.0, widths)
         outputs.append(step)
     expected = y.clone()
-    for index, (offset, width) in enumerate(zip((0, 64, 96), widths, strict=True)):
-        deltas = torch.zeros(6, 16)
-        stock.bgmv_shrink(x, _with_zero_slot(a[index]), deltas, torch.tensor([2, 2, 1, 1, SLOTS, 0]))
-        stock.bgmv_expand_slice(deltas, _with_zero_slot(b[index]), expected,
-                                torch.tensor([2, 2, 1, 1, SLOTS, 0]), offset, width, True)
+    _stock_add_lora_linear(wrapper, expected, x, a, b, 1.0, widths)
     _assert_same(outputs[1], expected)
     assert not torch.equal(outputs[0], outputs[1])
