@@ -48,16 +48,16 @@ def use_grouped_lora(enabled: bool) -> bool:
     from vllm.lora.ops import torch_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from agentstack.vllm_ext import grouped_lora
+    from agentstack.vllm_ext import grouped_lora, projection_lora
 
     wrapper = punica_cpu.PunicaWrapperCPU
     current = wrapper.__dict__["add_lora_linear"]
-    if current is not grouped_lora.add_lora_linear:
+    if current is not projection_lora.add_lora_linear:
         _stock_add_lora_linear.setdefault("add_lora_linear", current)
     for name, op in grouped_lora.GROUPED_OPS.items():
         setattr(punica_cpu, name, op if enabled else getattr(torch_ops, name))
     wrapper.add_lora_linear = (  # type: ignore[method-assign]
-        grouped_lora.add_lora_linear if enabled else _stock_add_lora_linear["add_lora_linear"])
+        projection_lora.add_lora_linear if enabled else _stock_add_lora_linear["add_lora_linear"])
     return enabled
 
 
@@ -65,9 +65,9 @@ def grouped_lora_in_use() -> bool:
     """Whether this process's CPU punica wrapper runs the grouped ops."""
     from vllm.lora.punica_wrapper import punica_cpu
 
-    from agentstack.vllm_ext import grouped_lora
+    from agentstack.vllm_ext import grouped_lora, projection_lora
 
-    return (punica_cpu.PunicaWrapperCPU.__dict__["add_lora_linear"] is grouped_lora.add_lora_linear
+    return (punica_cpu.PunicaWrapperCPU.__dict__["add_lora_linear"] is projection_lora.add_lora_linear
             and all(getattr(punica_cpu, name) is op for name, op in grouped_lora.GROUPED_OPS.items()))
 
 

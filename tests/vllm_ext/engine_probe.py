@@ -41,13 +41,14 @@ async def roles(model_dir: Path) -> dict[str, object]:
             adapters[name] = engine.new_adapter(name, PACKAGE_DATA / "adapters" / name)
             await engine.load_adapter(adapters[name])
         default = (await engine.llm.collective_rpc("grouped_lora"))[0]
-        params = SamplingParams(temperature=0, max_tokens=24)
+        # The two most likely tokens at each step: where the runs part, was it a tie?
+        params = SamplingParams(temperature=0, max_tokens=24, logprobs=2)
         prompts = [engine.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
 
-        async def batch(grouped: bool) -> list[list[int]]:
+        async def batch(grouped: bool) -> list[list[tuple[int, float]]]:
             await engine.llm.collective_rpc("grouped_lora", args=(grouped,))
 
-            async def one(i: int) -> list[int]:
+            async def one(i: int) -> list[tuple[int, float]]:
                 role = ROLES[i % len(ROLES)]
                 final = None
                 # A salt per run: the second run must compute, not read the first's cache.
@@ -56,7 +57,9 @@ async def roles(model_dir: Path) -> dict[str, object]:
                                                     cache_salt=f"grouped-{grouped}"):
                     final = output
                 assert final is not None
-                return list(final.outputs[0].token_ids)
+                out = final.outputs[0]
+                assert out.logprobs is not None
+                return [(token, _margin(step)) for token, step in zip(out.token_ids, out.logprobs, strict=True)]
 
             # All requests wait in the paused scheduler, so the first step holds them all in
             # both runs: a different split of the batch would change the base model's
@@ -72,6 +75,12 @@ async def roles(model_dir: Path) -> dict[str, object]:
                 "grouped": await batch(True), "stock": await batch(False)}
     finally:
         engine.shutdown()
+
+
+def _margin(step: dict[int, object]) -> float:
+    """How far the chosen token's log-probability is ahead of the next one's."""
+    first, second = sorted((lp.logprob for lp in step.values()), reverse=True)[:2]  # type: ignore[attr-defined]
+    return first - second
 
 
 def _worker_uses_grouped_lora(worker: object) -> bool:

@@ -16,7 +16,7 @@ from vllm.lora.ops import torch_ops
 from vllm.lora.punica_wrapper import punica_cpu
 
 from agentstack.vllm_ext import plugin
-from agentstack.vllm_ext import grouped_lora
+from agentstack.vllm_ext import projection_lora
 from agentstack.vllm_ext.grouped_lora import GROUPED_OPS
 
 
@@ -29,7 +29,7 @@ def stock_ops() -> None:
 
 def _uses_stock() -> bool:
     return (all(getattr(punica_cpu, name) is getattr(torch_ops, name) for name in GROUPED_OPS)
-            and punica_cpu.PunicaWrapperCPU.add_lora_linear is not grouped_lora.add_lora_linear)
+            and punica_cpu.PunicaWrapperCPU.add_lora_linear is not projection_lora.add_lora_linear)
 
 
 def test_plugin_is_a_vllm_entry_point() -> None:
@@ -67,15 +67,31 @@ def _probe(check: str, model_dir: Path) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
+TIE_NATS = 0.25
+"""Two bf16 steps of a logit between 16 and 32 (this model's range): top-two margins this
+small are ties at the model's precision, which rounding anywhere upstream may break
+either way."""
+
+
 @pytest.mark.slow
 def test_roles_generate_the_same_tokens_with_grouped_and_stock_ops(model_dir: Path) -> None:
     """One batch of the three roles and the base model, greedy, run twice on one engine with
-    the same batch composition: the grouped ops change no token."""
+    the same batch composition: the grouped ops change no token, except where vLLM's own
+    ops left a tie between the two most likely tokens (the GEMMs sum in another order, so
+    a tie may break the other way; a wrong adapter, slice or row changes clear choices)."""
     result = _probe("roles", model_dir)
     assert result["default_grouped"], "the plugin did not reach agentstack's engine worker"
     assert set(result["roles"]) == {"selector", "arguments", "single", None}
     for role, grouped, stock in zip(result["roles"], result["grouped"], result["stock"], strict=True):
-        assert grouped == stock, role
+        grouped_tokens, stock_tokens = [t for t, _ in grouped], [t for t, _ in stock]
+        if role is None:
+            assert grouped_tokens == stock_tokens, "a token without an adapter changed"
+            continue
+        parted = next((i for i, (g, s) in enumerate(zip(grouped_tokens, stock_tokens)) if g != s), None)
+        if parted is not None:
+            assert stock[parted][1] <= TIE_NATS, (role, parted, stock[parted][1])
+        else:
+            assert grouped_tokens == stock_tokens, role
 
 
 @pytest.mark.slow
