@@ -11,7 +11,8 @@ and the single writer then read.
   prompt tokens the engine prefilled per prompt, TTFT p50/p99 over every request,
   workload throughput, BFCL checker accuracy of the calls written, and the readers' first
   token against non-shared (agreement, and KL over the top ``TOP_LOGPROBS``) on prompts
-  identical in both modes.
+  identical in both modes, and a reader's TTFT on a context another role computed
+  against its TTFT on one it computed itself (``reader_ttfts``).
 - **Reference** (pure PyTorch, every mode, all layers): each reader's next-token
   distributions over the rest of its prompt and its ground-truth answer after (a) its own
   prefill of the context (non-shared), (b) the writer's K and V (full-shared), (c) the
@@ -36,7 +37,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentstack.config import PACKAGE_DATA, Settings
 from agentstack.offline.bench.cache_workload import (
@@ -44,11 +45,17 @@ from agentstack.offline.bench.cache_workload import (
     MIN_CONTEXT_TOKENS,
     RecordingCompleter,
     ReferenceCase,
+    ToolboxPrompt,
     reference_case,
     run_prompt,
     toolbox_prompts,
 )
+from agentstack.chat.tool_prompts import arguments_messages, function_names, selector_messages
+from agentstack.chat.tool_roles import ARGUMENTS_ROLE
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
+
+if TYPE_CHECKING:
+    from agentstack.engine import Adapter, Engine
 
 PROBE_CONTEXT = """You are part of a team of agents that plan trips. Shared notes for every agent:
 
@@ -121,6 +128,12 @@ class ModeRow:
     its block pool: one copy of the context per role unless the roles share blocks."""
     engine_bytes_per_shared_token: float | None = None
     """Those blocks' paged bytes over the context tokens the writer read."""
+    reader_ttft_cross_role_s: float | None = None
+    reader_ttft_same_role_s: float | None = None
+    reader_ttft_vs_same_role_hit: float | None = None
+    """Median TTFT of a reader on a context another role computed over its median TTFT on
+    one it computed itself (``reader_ttfts``): 1 when sharing across roles is as good as
+    vLLM's own prefix cache within one."""
 
 
 @dataclass(slots=True)
@@ -153,6 +166,7 @@ class CacheBenchResult:
                     "kl": row.reference_kl,
                     "engine_blocks_per_prompt": row.engine_blocks_per_prompt,
                     "engine_bytes_per_shared_token": row.engine_bytes_per_shared_token,
+                    "reader_ttft_vs_same_role_hit": row.reader_ttft_vs_same_role_hit,
                     "details": asdict(row),
                 }
                 for row in self.rows
@@ -269,15 +283,45 @@ def served_mode(
         # after it has passed carries the final figures.
         await asyncio.sleep(STATS_INTERVAL_S + 0.5)
         await warm.request(roles[0], [1, 2, 3], 1)
+        result["cache_stats"] = json.loads(json.dumps(cache_stats))
         result["rows"] = [asdict(r) for c in completers for r in c.records]
         result["stored_blocks"] = len(set().union(*(c.blocks for c in completers)))
+        if not probe:
+            result["reader_ttfts"] = await reader_ttfts(engine, adapters, toolboxes[:READER_TTFT_ROUNDS],
+                                                        settings.cache.block_size)
 
     try:
         asyncio.run(run())
     finally:
         engine.shutdown()
-    result["cache_stats"] = cache_stats
     out.write_text(json.dumps(result))
+
+
+READER_TTFT_ROUNDS = 5
+
+
+async def reader_ttfts(engine: Engine, adapters: dict[str, Adapter], toolboxes: list[ToolboxPrompt],
+                       block_size: int) -> list[dict[str, float]]:
+    """Per toolbox, under a salt of its own: the selector computes the context (cold), then
+    the argument writer reads it twice, each time for another function (its own suffix to
+    prefill): first after the selector only (a cross-role read), then after itself (a
+    same-role prefix-cache hit). Run after the workload, so its blocks are not counted."""
+    ttfts = []
+    for i, toolbox in enumerate(toolboxes):
+        completer = RecordingCompleter(engine, adapters, READER_TTFT_SALT_BASE + i, block_size)
+        messages, tools = toolbox.example.messages, toolbox.tools
+        first, second = function_names(tools)[:2]
+        for role, prompt in ((BFCL_ROLES[0], selector_messages(messages, tools)),
+                             (ARGUMENTS_ROLE, arguments_messages(messages, tools, first)),
+                             (ARGUMENTS_ROLE, arguments_messages(messages, tools, second))):
+            await completer.request(role, engine.chat_prompt(prompt), 1)
+        cold, cross, same = (r.ttft_s for r in completer.records)
+        ttfts.append({"cold_s": cold, "cross_role_s": cross, "same_role_s": same})
+    return ttfts
+
+
+READER_TTFT_SALT_BASE = 10_000
+"""Rounds of the reader TTFT probe are salted apart from the workload's rounds."""
 
 
 def _run_served(prompts: int, min_context_tokens: int) -> dict[str, Any]:
@@ -337,6 +381,10 @@ def _served_figures(row: ModeRow, served: dict[str, Any]) -> None:
             run["engine_blocks"] * run["engine_block_size"] * row.paged_bytes_per_token / context_tokens, 1)
     row.served_ttft_p50_s = _percentile(ttfts, 50)
     row.served_ttft_p99_s = _percentile(ttfts, 99)
+    if run.get("reader_ttfts"):
+        row.reader_ttft_cross_role_s = _percentile([t["cross_role_s"] for t in run["reader_ttfts"]], 50)
+        row.reader_ttft_same_role_s = _percentile([t["same_role_s"] for t in run["reader_ttfts"]], 50)
+        row.reader_ttft_vs_same_role_hit = round(row.reader_ttft_cross_role_s / row.reader_ttft_same_role_s, 3)
     row.served_reader_ttft_s = sum(r["ttft_s"] for r in readers) / len(readers)
     row.served_throughput_tok_s = sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) / run["workload_s"]
     outcomes = run["outcomes"]
@@ -408,6 +456,8 @@ def write_report(result: CacheBenchResult) -> None:
             cell(r.served_single_accuracy, ".3f"), f"{r.reference_kl:.3f}", f"{r.reference_top1:.3f}",
             cell(r.served_first_token_agreement, ".2f"), cell(r.served_kl_top, ".3f"),
             cell(r.engine_blocks_per_prompt, ".1f"), cell(r.engine_bytes_per_shared_token, ".0f"),
+            cell(r.reader_ttft_cross_role_s, ".3f"), cell(r.reader_ttft_same_role_s, ".3f"),
+            cell(r.reader_ttft_vs_same_role_hit, ".2f"),
         ]
         for r in result.rows
     ]
@@ -445,7 +495,8 @@ def write_report(result: CacheBenchResult) -> None:
              "bytes/shared token", "vs non-shared", "paged bytes/token (1 copy)", "accuracy (BFCL checker)",
              "agent accuracy", "single accuracy", "KL vs non-shared (reference)", "top-1 agreement (reference)",
              "first-token agreement (served)", "first-token KL, top-20 (served)",
-             "engine blocks/prompt (block pool)", "engine bytes/shared token"],
+             "engine blocks/prompt (block pool)", "engine bytes/shared token",
+             "reader TTFT, other role's context s", "reader TTFT, own context s", "cross-role / same-role"],
             rows,
         ),
         "",
@@ -456,6 +507,9 @@ def write_report(result: CacheBenchResult) -> None:
         "readers' first token against non-shared, on prompts identical in both modes. Engine",
         "blocks: physical KV blocks holding cached prompt blocks in the engine's block pool after",
         "the workload, per prompt (every role's copies), and their paged bytes per context token.",
+        f"Reader TTFT (medians over {READER_TTFT_ROUNDS} toolboxes, each under its own salt): the argument",
+        "writer on a context the selector computed, against the argument writer on a context it",
+        "computed itself, each with a suffix of its own to prefill.",
         "",
         *([f"![bench cache]({plot.name})", ""] if plot else []),
     ])

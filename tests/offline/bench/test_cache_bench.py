@@ -78,6 +78,19 @@ def test_served_figures_pair_readers_only_on_identical_prompts() -> None:
     assert row.served_first_token_agreement == 1.0 and row.served_kl_top == 0.0
     assert row.served_agent_accuracy == 0.0 and row.served_single_accuracy == 1.0 and row.served_accuracy == 0.5
     assert row.bytes_per_context_token == 23040, "no memory-tier figure: the layout's stays"
+    assert row.reader_ttft_vs_same_role_hit is None, "no reader TTFT probe in this run"
+
+
+def test_reader_ttft_ratio_is_of_medians() -> None:
+    """One slow toolbox does not move the cross-role / same-role figure."""
+    rows = [_record(0, "selector", "s", 0, 1), _record(0, "arguments", "a", 960, 2)]
+    probe = [{"cold_s": 2.0, "cross_role_s": c, "same_role_s": s} for c, s in ((0.2, 0.1), (0.3, 0.2), (9.0, 0.2))]
+    run = {"rows": rows, "workload_s": 5.0, "cache_stats": {}, "stored_blocks": 0, "block_size": 32,
+           "outcomes": [{"agent_correct": True, "single_correct": True}], "reader_ttfts": probe}
+    row = ModeRow("decomposed", 23040, 23040, 0.333, 0.1, 0.9)
+    _served_figures(row, {"non-shared": run, "decomposed": run})
+    assert (row.reader_ttft_cross_role_s, row.reader_ttft_same_role_s) == (0.3, 0.2)
+    assert row.reader_ttft_vs_same_role_hit == 1.5
 
 
 @pytest.mark.slow
@@ -96,3 +109,5 @@ def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_se
     assert [o["id"] for o in served["outcomes"]] == ["multiple_11"]
     writer_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] < 2 * writer_blocks, "the readers read the selector's engine blocks in place"
+    [ttft] = served["reader_ttfts"]
+    assert ttft["cross_role_s"] < ttft["cold_s"] / 2, "the argument writer read the selector's context"
