@@ -56,6 +56,9 @@ class Tally:
     correct: int = 0
     reasoning_tokens: int = 0
     generated_tokens: int = 0
+    think_path_tokens: int = 0
+    """Every token generated on the prompts where the policy reasoned first, inside the
+    think tags or not: what reasoning costs."""
 
     @property
     def accuracy(self) -> float:
@@ -82,7 +85,8 @@ class PolicyScore:
         """Totals over the prompts of `kinds` (all prompts for None)."""
         chosen = [o for k, o in zip(self.kinds, self.outcomes) if kinds is None or k in kinds]
         return Tally(len(chosen), sum(o.correct for o in chosen), sum(o.reasoning_tokens for o in chosen),
-                     sum(o.generated_tokens for o in chosen))
+                     sum(o.generated_tokens for o in chosen),
+                     sum(o.generated_tokens for o in chosen if o.path == "think"))
 
     @property
     def correct_flags(self) -> list[bool]:
@@ -104,10 +108,15 @@ class PolicyScore:
     def generated_tokens(self) -> int:
         return self.tally().generated_tokens
 
+    @property
+    def think_path_tokens(self) -> int:
+        return self.tally().think_path_tokens
+
     def as_json(self) -> dict[str, Any]:
         total = self.tally()
         return {"policy": self.policy, "accuracy": round(total.accuracy, 4), "stderr": round(total.stderr, 4),
-                "reasoning_tokens": total.reasoning_tokens, "generated_tokens": total.generated_tokens}
+                "reasoning_tokens": total.reasoning_tokens, "generated_tokens": total.generated_tokens,
+                "think_path_tokens": total.think_path_tokens}
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,7 @@ def test_best_fixed_includes_always_think_without_slack(tmp_path: Path) -> None:
     files = write_report(tmp_path, [gate, think, fixed], gate, Overhead([0.01], [1.0]), table,
                          {"top_k": 1, "roles": list(ROLES), "layer": 4}, "eval")
     text = files.report.read_text()
-    assert "| accuracy ≥ best prompt-blind policy (always-think) | 0.700 vs 0.750 | no |" in text
+    assert "| accuracy ≥ best prompt-blind policy (always-think) + 2 s.e. | 0.700 vs 0.944 | no |" in text
     assert "the gate alone is right on 0, always-think alone on 1; two-sided p = 1.0000" in text
     assert "Per-kind rule: left out" in text
     assert "in-template: accuracy ± s.e." in text and "out-of-template: accuracy ± s.e." in text
@@ -175,7 +175,8 @@ def test_result_json_has_the_paired_test() -> None:
     policies = [p for p in scores.values() if p.policy != "gate (supervised only)"]
     summary = result_json(policies, Overhead([0.01], [1.0]))
     assert summary["gate_vs_always_think"] == {"gate_only": 1, "always_think_only": 1, "p_value": 1.0}
-    assert {"policy", "accuracy", "stderr", "reasoning_tokens", "generated_tokens"} == set(summary["policies"][0])
+    assert {"policy", "accuracy", "stderr", "reasoning_tokens", "generated_tokens",
+            "think_path_tokens"} == set(summary["policies"][0])
 
 
 def test_rescore_applies_the_strict_scorer_to_stored_replies() -> None:
@@ -211,3 +212,12 @@ def test_rescore_refuses_a_table_measured_on_other_prompts() -> None:
         rescore([row], [changed])
     with pytest.raises(StaleOutcomes):
         rescore([row], [])
+
+
+def test_think_path_tokens_count_every_token_where_the_policy_reasoned() -> None:
+    """Reasoning costs all the tokens of a think-path answer, inside the tags or not; a
+    direct answer costs none."""
+    score = PolicyScore("gate", ["units", "units"], [_outcome(("a",), "think", True, tokens=30),
+                                                     _outcome(("a",), "direct", True, tokens=7)])
+    assert score.think_path_tokens == 50  # 30 + the helper's 20 inside the tags
+    assert score.generated_tokens == 57
