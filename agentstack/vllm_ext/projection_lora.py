@@ -19,7 +19,7 @@ before their expand. A float32 model keeps the exact per-slice ops.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -105,19 +105,20 @@ class Gemm:
     far cheaper per call than ``torch.mm`` at a few rows), else ``torch.mm``."""
 
     def __init__(self, weight: torch.Tensor) -> None:
-        self.width = weight.shape[1]
-        self._weight = weight.contiguous()
-        self._handler: Any = None
         from vllm import _custom_ops as ops
 
+        self._weight: torch.Tensor | None = weight.contiguous()
+        self._handler: Any = None
         if ops._supports_onednn:
             try:
                 self._handler = ops.create_onednn_mm(self._weight, 32)
             except RuntimeError:
-                self._handler = None
+                return
+            # The handler holds its own packed copy (vLLM drops a linear layer's weight the same way).
+            self._weight = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._handler is None:
+        if self._weight is not None:
             return x @ self._weight
         from vllm import _custom_ops as ops
 
@@ -184,7 +185,10 @@ class LiveProjection:
     slices: list[LiveSlice]
     versions: tuple[int, ...]
     _fused: tuple[ProjectionProducts, torch.Tensor] | None = None
-    _per_adapter: dict[int, ProjectionProducts | None] = field(default_factory=dict)
+
+    def writes(self, slot: int) -> bool:
+        """Whether the adapter in ``slot`` holds weights in any of these slices."""
+        return any(_writes(a, b, slot) for _, _, a, b, _ in self.slices)
 
     def apply_fused(self, plan: TokenPlan, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """``y[:, slices] += x @ A.T @ B.T`` for every token, with its own adapter's A and B:
@@ -201,7 +205,7 @@ class LiveProjection:
         y[:, products.columns].add_(products.expand(deltas))
 
     def _build_fused(self, plan: TokenPlan, dtype: torch.dtype) -> tuple[ProjectionProducts, torch.Tensor]:
-        adapters = sorted({g.slot for g in plan.groups if any(_writes(a, b, g.slot) for _, _, a, b, _ in self.slices)})
+        adapters = sorted({g.slot for g in plan.groups if self.writes(g.slot)})
         products = self._products(tuple(adapters), dtype)
         position = {slot: i for i, slot in enumerate(adapters)}
         # Tokens without an adapter here (slot -1, or none of its weights in these slices)
@@ -213,7 +217,7 @@ class LiveProjection:
     def apply_per_adapter(self, plan: TokenPlan, x: torch.Tensor, y: torch.Tensor, scale: float) -> None:
         """A large step (prefill): per adapter, one shrink and one expand over its tokens."""
         for group in plan.groups:
-            if group.slot == NO_ADAPTER or not any(_writes(a, b, group.slot) for _, _, a, b, _ in self.slices):
+            if not self.writes(group.slot):
                 continue
             products = self._products((group.slot,), x.dtype)
             deltas = products.shrink(x[group.rows])

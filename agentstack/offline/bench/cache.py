@@ -29,6 +29,7 @@ tests serve.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import subprocess
@@ -283,7 +284,7 @@ def served_mode(
         # after it has passed carries the final figures.
         await asyncio.sleep(STATS_INTERVAL_S + 0.5)
         await warm.request(roles[0], [1, 2, 3], 1)
-        result["cache_stats"] = json.loads(json.dumps(cache_stats))
+        result["cache_stats"] = copy.deepcopy(cache_stats)
         result["rows"] = [asdict(r) for c in completers for r in c.records]
         result["stored_blocks"] = len(set().union(*(c.blocks for c in completers)))
         if not probe:
@@ -298,6 +299,8 @@ def served_mode(
 
 
 READER_TTFT_ROUNDS = 5
+READER_TTFT_SALT_BASE = 10_000
+"""Rounds of the reader TTFT probe are salted apart from the workload's rounds."""
 
 
 async def reader_ttfts(engine: Engine, adapters: dict[str, Adapter], toolboxes: list[ToolboxPrompt],
@@ -318,10 +321,6 @@ async def reader_ttfts(engine: Engine, adapters: dict[str, Adapter], toolboxes: 
         cold, cross, same = (r.ttft_s for r in completer.records)
         ttfts.append({"cold_s": cold, "cross_role_s": cross, "same_role_s": same})
     return ttfts
-
-
-READER_TTFT_SALT_BASE = 10_000
-"""Rounds of the reader TTFT probe are salted apart from the workload's rounds."""
 
 
 def _run_served(prompts: int, min_context_tokens: int) -> dict[str, Any]:
