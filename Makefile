@@ -94,17 +94,17 @@ bench-reliability: bench-fuzz bench-load bench-security bench-faults bench-repli
 adapters: setup
 	$(BIN)/agentstack adapters build
 
-# The learned gate (docs/GATE.md): the reasoner role, then both paths of every training
-# prompt measured on the engine and the gate trained on them; then the held-out table.
-# The sizes are those of the shipped gate; `agentstack gate train` alone measures every
-# training prompt with role sets up to 2 (hours on 2 CPU cores). `eval-gate` measures the
-# whole held-out set (220 prompts, in-template and out-of-template) under every action of
-# the shipped gate's k = 1: 1,320 engine runs.
+# The learned gate (docs/GATE.md): the reasoner role, then every action (role sets up to
+# 2 roles x both paths) of 12 training prompts per kind measured on the engine, greedily
+# and 4 times sampled (2,880 runs, about 10 minutes on 2 CPU cores), and the policy trained
+# on them; then the held-out table. `eval-gate` serves the whole held-out set (220
+# prompts, in-template and out-of-template) under every action of the shipped gate's
+# k = 2: 2,640 engine runs, about 10 minutes.
 reasoner: setup
 	$(BIN)/agentstack adapters reasoner
 
 gate: setup
-	$(BIN)/agentstack gate train --max-k 1 --per-kind 12
+	$(BIN)/agentstack gate train --max-k 2 --per-kind 12 --samples 4
 
 eval-gate: setup
 	$(BIN)/agentstack eval gate

@@ -35,6 +35,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError
 
 from agentstack.chat.dispatch import (
+    ROUTE_HEADER,
     ChatEvent,
     Finished,
     ReasoningDelta,
@@ -51,7 +52,10 @@ from agentstack.errors import AgentstackError
 if TYPE_CHECKING:
     from agentstack.service import Service
 
-__all__ = ["ChatModelError", "RoleChatModel", "bind_service"]
+__all__ = ["ROUTE_METADATA_KEY", "ChatModelError", "RoleChatModel", "bind_service"]
+
+ROUTE_METADATA_KEY = "agentstack_route"
+"""Where a reply's `response_metadata` holds the gate's decision (`model: auto`)."""
 
 
 class ChatModelError(RuntimeError):
@@ -71,6 +75,8 @@ class _ChunkReader:
     """OpenAI `chat.completion.chunk`s of a remote server back into events; the finish
     reason and usage arrive on separate chunks, so `Finished` comes at the end."""
 
+    route: dict[str, Any] | None = None
+    """The `x-agentstack-route` header of the response (`model: auto`)."""
     started: bool = False
     finish_reason: str | None = None
     usage: TokenUsage | None = None
@@ -89,7 +95,7 @@ class _ChunkReader:
         events: list[ChatEvent] = []
         if not self.started:
             self.started = True
-            events.append(Started(chunk.get("id", "")))
+            events.append(Started(chunk.get("id", ""), self.route))
         if not chunk.get("choices"):
             return events
         choice = chunk["choices"][0]
@@ -118,6 +124,11 @@ def _error_message(response: httpx.Response) -> str:
         return f"{response.status_code}: {error.get('message', response.text)}"
     except ValueError:
         return f"{response.status_code}: {response.text[:500]}"
+
+
+def _route_header(response: httpx.Response) -> dict[str, Any] | None:
+    header = response.headers.get(ROUTE_HEADER)
+    return json.loads(header) if header else None
 
 
 @dataclass
@@ -193,6 +204,7 @@ class RemoteSource:
                 if source.response.status_code >= 400:
                     await source.response.aread()
                     raise ChatModelError(_error_message(source.response))
+                reader.route = _route_header(source.response)
                 async for message in source.aiter_sse():
                     for event in reader.events(message.data):
                         yield event
@@ -205,6 +217,7 @@ class RemoteSource:
                 if source.response.status_code >= 400:
                     source.response.read()
                     raise ChatModelError(_error_message(source.response))
+                reader.route = _route_header(source.response)
                 for message in source.iter_sse():
                     yield from reader.events(message.data)
         yield reader.finished()
@@ -227,12 +240,14 @@ class _ChunkConverter:
 
     role: str
     response_id: str | None = None
+    route: dict[str, Any] | None = None
     finished: Finished | None = None
 
     def convert(self, event: ChatEvent) -> ChatGenerationChunk | None:
         content, calls, extra = "", [], {}
         if isinstance(event, Started):
             self.response_id = event.request_id
+            self.route = event.route
             return None
         if isinstance(event, Finished):
             self.finished = event
@@ -258,11 +273,18 @@ class _ChunkConverter:
             content="",
             id=self.response_id,
             usage_metadata=usage,  # type: ignore[arg-type]
-            response_metadata={"finish_reason": self.finished.reason if self.finished else None,
-                               "model_name": self.role, "model_provider": "agentstack"},
+            response_metadata=self._metadata(),
             chunk_position="last",
         )
         return ChatGenerationChunk(message=message, text="")
+
+    def _metadata(self) -> dict[str, Any]:
+        """Finish reason, role and, for `auto`, the gate's decision as the HTTP header has it."""
+        metadata: dict[str, Any] = {"finish_reason": self.finished.reason if self.finished else None,
+                                    "model_name": self.role, "model_provider": "agentstack"}
+        if self.route is not None:
+            metadata[ROUTE_METADATA_KEY] = self.route
+        return metadata
 
 
 class RoleChatModel(BaseChatModel):

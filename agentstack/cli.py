@@ -243,12 +243,14 @@ def bench_graph(
     runs: Annotated[int, typer.Option(help="Runs per workflow, on fixed inputs.", min=1)] = 4,
     max_rounds: Annotated[int, typer.Option(help="plan_act_reflect's round limit.", min=1, max=5)] = 2,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    actor_role: Annotated[str | None, typer.Option(
+        help="Role of plan_act_reflect's actor step (`auto`: the gate routes each actor request).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """End-to-end latency (p50/p99) and prefill/generated tokens per role of the workflows."""
     from agentstack.offline.bench.graph import GraphBenchConfig, run_graph_bench
 
-    config = GraphBenchConfig(runs=runs, max_rounds=max_rounds, report_dir=report_dir)
+    config = GraphBenchConfig(runs=runs, max_rounds=max_rounds, report_dir=report_dir, actor_role=actor_role)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_graph_bench(_settings(), config, quiet=as_json)
     if as_json:

@@ -1,8 +1,13 @@
 """`plan_act_reflect`: planner -> actor -> reflector, looping a bounded number of rounds.
 
-The three roles read one growing context: the task, then every contribution so far,
-each labelled with the role that wrote it, rendered the same way for every role. The reflector ends the loop by replying
-APPROVE; otherwise the planner revises, until `max_rounds` rounds have run.
+The three steps read one growing context: the task, then every contribution so far,
+each labelled with the step that wrote it, rendered the same way for every step. The
+reflector ends the loop by replying APPROVE; otherwise the planner revises, until
+`max_rounds` rounds have run.
+
+Each step's role is the one of the same name unless the run's (or assistant's) config
+names another: `{"configurable": {"actor_role": "auto"}}` lets the gate pick the actor's
+role and path per request, as `model: "auto"` does over HTTP.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
+from langgraph.config import get_config
 from langgraph.graph import END, START, StateGraph, add_messages
 from pydantic import Field
 from typing_extensions import NotRequired, TypedDict
@@ -53,15 +59,16 @@ def is_approval(text: str) -> bool:
 
 def build_plan_act_reflect(*, planner_role: str = "planner", actor_role: str = "actor",
                            reflector_role: str = "reflector") -> StateGraph:
-    def step(role: str) -> Any:
+    def step(name: str, default_role: str) -> Any:
         async def node(state: PlanActReflectState) -> dict[str, Any]:
+            role = (get_config().get("configurable") or {}).get(f"{name}_role") or default_role
             reply = await RoleChatModel(role=role).ainvoke(shared_context(state))
-            return {"messages": [AIMessage(content=reply.text, name=role, id=reply.id,
+            return {"messages": [AIMessage(content=reply.text, name=name, id=reply.id,
                                            usage_metadata=reply.usage_metadata,
                                            response_metadata=reply.response_metadata)]}
         return node
 
-    plan, act, reflect = step(planner_role), step(actor_role), step(reflector_role)
+    plan, act, reflect = step("planner", planner_role), step("actor", actor_role), step("reflector", reflector_role)
 
     async def actor(state: PlanActReflectState) -> dict[str, Any]:
         update = await act(state)

@@ -37,6 +37,7 @@ from agentstack.api.schemas import (
 from agentstack.api.security import Caller, GenerationSlot, caller, check_model
 from agentstack.api.sse import DONE, chat_chunk, data_event, sse_response, usage_chunk
 from agentstack.chat.dispatch import (
+    ROUTE_HEADER,
     TOOL_CALLING_MODEL,
     ChatEvent,
     ChatPlan,
@@ -136,7 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     count_as(request, service, body.model)
     check_model(principal, body.model)
     plan = await plan_chat(service, body)
-    headers = {"x-agentstack-route": plan.route.header()} if plan.route is not None else {}
+    headers = {ROUTE_HEADER: plan.route.header()} if plan.route is not None else {}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_chat_stream(service, plan, include_usage=include_usage),

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from routers.gate import RouteDecision
 
 TOOL_CALLING_MODEL = "tool-calling"
+ROUTE_HEADER = "x-agentstack-route"
+"""The response header that carries the gate's decision for `model: auto`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +63,12 @@ class TokenUsage:
 @dataclass(frozen=True, slots=True)
 class Started:
     """The engine produced its first output: a stream's first chunk leaves now, so time to
-    first token means the same thing here as against vLLM."""
+    first token means the same thing here as against vLLM. `route` is the gate's decision
+    for `model: auto` (what the `x-agentstack-route` header carries), so graph nodes see
+    it too."""
 
     request_id: str
+    route: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +298,9 @@ async def chat_events(service: Service, plan: ChatPlan, *, incremental: bool) ->
     that may still become a tool call is held back until it is known, then sent as one
     `ToolCallsDelta`. Otherwise the whole reply is parsed once at the end."""
     work = plan.work
+    started = Started(plan.request_id, plan.route.as_dict() if plan.route is not None else None)
     if isinstance(work, ReadyToolCalls):
-        yield Started(plan.request_id)
+        yield started
         yield ToolCallsDelta(work.calls)
         yield Finished("tool_calls", work.usage)
         return
@@ -303,7 +309,7 @@ async def chat_events(service: Service, plan: ChatPlan, *, incremental: bool) ->
     final: RequestOutput | None = None
     async for output in service.stream(work.role, work.prompt_ids, work.sampling, request_id=plan.request_id):
         if final is None:
-            yield Started(plan.request_id)
+            yield started
         final = output
         text = output.outputs[0].text
         if hold or (work.tools and may_become_tool_call(text)):

@@ -37,10 +37,10 @@ from routers.offline.tasks import Task
 from routers.prompt import Path_
 
 RANDOM_SEED = 0
-# The policies that route every prompt the same way, whatever it says: the gate must be
-# at least as accurate as the best of them, with no standard error of slack.
+# The policies that route every prompt the same way, whatever it says (one role set, one
+# path): the gate must beat the best of them by two standard errors. `always-think` and
+# `never-think` keep the gate's roles, so they are compared with it one by one instead.
 FIXED_PREFIX = "fixed:"
-PROMPT_BLIND = ("always-think", "never-think")
 SUPERVISED_ONLY = "gate (supervised only)"
 EXACT_OBJECTIVE = "gate (exact objective)"
 
@@ -114,7 +114,8 @@ class PolicyScore:
 
     def as_json(self) -> dict[str, Any]:
         total = self.tally()
-        return {"policy": self.policy, "accuracy": round(total.accuracy, 4), "stderr": round(total.stderr, 4),
+        return {"policy": self.policy, "n": total.n, "accuracy": round(total.accuracy, 4),
+                "stderr": round(total.stderr, 4),
                 "reasoning_tokens": total.reasoning_tokens, "generated_tokens": total.generated_tokens,
                 "think_path_tokens": total.think_path_tokens}
 
@@ -217,10 +218,9 @@ def score_policies(
 
 
 def best_fixed(policies: Sequence[PolicyScore]) -> PolicyScore:
-    """The most accurate policy that ignores the prompt (fixed role and path, always-think,
-    never-think); ties go to the one listed first."""
-    blind = [p for p in policies if p.policy.startswith(FIXED_PREFIX) or p.policy in PROMPT_BLIND]
-    return max(blind, key=lambda p: p.accuracy)
+    """The most accurate policy that ignores the prompt (one role set on one path for
+    everything); ties go to the one listed first."""
+    return max((p for p in policies if p.policy.startswith(FIXED_PREFIX)), key=lambda p: p.accuracy)
 
 
 def paired_vs(policies: Sequence[PolicyScore], first: str, second: str) -> PairedTest:
@@ -243,6 +243,7 @@ class Overhead:
 def result_json(policies: Sequence[PolicyScore], overhead: Overhead) -> dict[str, Any]:
     """Exactly the object `eval gate --json` prints."""
     paired = paired_vs(policies, "gate", "always-think")
-    return {"policies": [p.as_json() for p in policies], "gate_overhead_share": round(overhead.share, 4),
+    return {"n": policies[0].tally().n, "policies": [p.as_json() for p in policies],
+            "gate_overhead_share": round(overhead.share, 4),
             "gate_vs_always_think": {"gate_only": paired.only_first, "always_think_only": paired.only_second,
                                      "p_value": round(paired.p_value, 4)}}

@@ -21,7 +21,7 @@ on the held-out folds are pooled: accuracy is the mean P(correct) of the chosen 
 tokens its mean generated tokens. k and lam are chosen among the exact objective's
 candidates: the most accurate (within `accuracy_slack`), ties to fewer tokens, then
 smaller k, then smaller lam. RLOO is then trained at that k and lam only, and replaces
-the exact objective only if it wins there (more accurate, or as accurate with fewer
+the exact objective only if it wins there (more accurate, or as accurate with 5% fewer
 tokens): one comparison, not a search in which noise wins. The winner is retrained on
 every prompt for the median early-stopped number of epochs.
 """
@@ -319,11 +319,16 @@ def select(scores: Sequence[CandidateScore], accuracy_slack: float = 0.0) -> Can
     return chosen
 
 
+RIVAL_TOKEN_MARGIN = 0.05
+"""An equally accurate rival must spend this share fewer tokens to win: a few hundredths
+of a token per prompt is noise between two fits, and a tie goes to the exact objective."""
+
+
 def _wins(rival: CandidateScore, incumbent: CandidateScore) -> bool:
-    """More accurate, or as accurate with fewer tokens."""
+    """More accurate, or as accurate with clearly fewer tokens."""
     if abs(rival.accuracy - incumbent.accuracy) > 1e-9:
         return rival.accuracy > incumbent.accuracy
-    return rival.tokens < incumbent.tokens - 1e-9
+    return rival.tokens < incumbent.tokens * (1 - RIVAL_TOKEN_MARGIN)
 
 
 @dataclass(slots=True)

@@ -58,14 +58,14 @@ def _write_policy(directory: Path, top_k: int = 2) -> Path:
 
 
 @pytest.mark.parametrize("name", [GATE_FILE, SUPERVISED_GATE_FILE])
-def test_the_shipped_gate_still_loads(name: str) -> None:
-    """The shipped files (format 1, role head and think head) load unchanged and decide."""
+def test_the_shipped_gate_loads_and_decides_one_of_its_actions(name: str) -> None:
+    """The shipped files are policies over role sets of up to two roles and both paths."""
     gate = load_gate(PACKAGE_DATA / "gate" / name)
-    assert gate.spec.format == "agentstack-gate/1" and not gate.spec.is_policy
-    assert isinstance(gate.head, GateHead)
+    assert gate.spec.format == "agentstack-gate/2" and gate.spec.is_policy and gate.spec.top_k == 2
+    assert isinstance(gate.head, PolicyHead) and gate.required_lora_rank == 32
     decision = gate.decide_features(torch.randn(gate.spec.features.dim, generator=torch.Generator().manual_seed(0)))
-    assert len(decision.roles) == gate.spec.top_k and decision.action_probs == {}
-    assert "action_probs" not in json.loads(decision.header())
+    assert f"{'+'.join(decision.roles)}|{decision.path}" in decision.action_probs
+    assert len(decision.action_probs) == 12 and abs(sum(decision.action_probs.values()) - 1) < 1e-3
 
 
 def test_a_policy_gate_round_trips_and_decides_one_action(tmp_path: Path) -> None:

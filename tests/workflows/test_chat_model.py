@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage
 
-from agentstack.chat_model import ChatModelError, RoleChatModel
+from agentstack.chat_model import ROUTE_METADATA_KEY, ChatModelError, RoleChatModel
 from graphs.tools import calculator
 
 
@@ -25,6 +25,16 @@ def test_invoke_and_stream_carry_text_usage_and_role(workflow_url: str) -> None:
     chunks = list(model.stream("Say hello to the world."))
     assert len(chunks) > 2 and "".join(c.text for c in chunks).strip()
     assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata is not None
+    assert ROUTE_METADATA_KEY not in reply.response_metadata, "only the gate's replies carry a route"
+
+
+@pytest.mark.slow
+async def test_the_gates_decision_comes_back_in_the_response_metadata(workflow_url: str) -> None:
+    model = RoleChatModel(role="auto", base_url=workflow_url, max_tokens=16)
+    reply = await model.ainvoke("What is the capital of France?")
+    route = reply.response_metadata[ROUTE_METADATA_KEY]
+    assert route["roles"] and route["path"] in ("direct", "think")
+    assert set(route["roles"]) <= set(route["role_probs"]) and len(route["weights"]) == len(route["roles"])
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ the registry file, Redis checkpoints, and every client mistake answered with a 4
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -120,12 +121,35 @@ def test_a_tool_agent_thread_calls_tools_run_after_run(workflow_url: str) -> Non
 async def test_graph_nodes_call_the_gate_and_the_tool_workflow_in_process(workflow_url: str) -> None:
     client = get_client(url=workflow_url)
     before = httpx.get(f"{workflow_url}/metrics").text
-    result = await client.runs.wait(None, "in_process", input={"question": "What is the capital of France?"})
+    question = "What is the capital of France?"
+    result = await client.runs.wait(None, "in_process", input={"question": question})
     after = httpx.get(f"{workflow_url}/metrics").text
     assert result["answer"].strip() and 0 < result["answer_tokens"] <= 32
     assert _route_decisions(after) == _route_decisions(before) + 1, "the gate decided the node's request"
+    over_http = httpx.post(f"{workflow_url}/v1/chat/completions", timeout=120, json={
+        "model": "auto", "messages": [{"role": "user", "content": question}], "max_tokens": 32})
+    assert over_http.status_code == 200
+    http_route = json.loads(over_http.headers["x-agentstack-route"])
+    assert _without_timing(result["route"]) == _without_timing(http_route), "node and HTTP routed alike"
     assert [c["name"] for c in result["tool_calls"]] == ["get_weather"]
     assert "paris" in str(result["tool_calls"][0]["args"].get("city", "")).lower()
+
+
+async def test_a_run_config_lets_the_gate_play_a_plan_act_reflect_step(workflow_url: str) -> None:
+    client = get_client(url=workflow_url)
+    before = _route_decisions(httpx.get(f"{workflow_url}/metrics").text)
+    result = await client.runs.wait(None, "plan_act_reflect", input={"task": "Name one prime number.", "max_rounds": 1},
+                                    config={"configurable": {"actor_role": "auto"}})
+    after = _route_decisions(httpx.get(f"{workflow_url}/metrics").text)
+    assert after == before + 1, "only the actor's request went through the gate"
+    by_step = {m["name"]: m for m in result["messages"] if m["type"] == "ai"}
+    assert set(by_step) == {"planner", "actor", "reflector"}
+    assert by_step["actor"]["response_metadata"]["agentstack_route"]["roles"]
+    assert "agentstack_route" not in by_step["planner"]["response_metadata"]
+
+
+def _without_timing(route: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in route.items() if k != "gate_ms"}
 
 
 def _route_decisions(metrics: str) -> float:

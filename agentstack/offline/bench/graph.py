@@ -57,6 +57,18 @@ class GraphBenchConfig:
     runs: int = 4
     max_rounds: int = 2
     report_dir: Path = Path("reports")
+    actor_role: str | None = None
+    """plan_act_reflect's actor role (`auto`: the gate), passed in each run's config."""
+
+    def run_config(self, graph_id: str) -> dict[str, Any] | None:
+        if graph_id == "plan_act_reflect" and self.actor_role:
+            return {"configurable": {"actor_role": self.actor_role}}
+        return None
+
+    @property
+    def command(self) -> str:
+        actor = f" --actor-role {self.actor_role}" if self.actor_role else ""
+        return f"agentstack bench graph --runs {self.runs} --max-rounds {self.max_rounds}{actor}"
 
 
 def inputs_for(graph_id: str, config: GraphBenchConfig) -> list[dict[str, Any]]:
@@ -134,6 +146,7 @@ class GraphBenchResult:
         return {
             "runs_per_graph": self.config.runs,
             "max_rounds": self.config.max_rounds,
+            "actor_role": self.config.actor_role or "actor",
             "graphs": {name: stats.as_dict() for name, stats in self.graphs.items()},
             "report": str(self.report) if self.report else None,
             "plot": str(self.plot) if self.plot else None,
@@ -154,11 +167,12 @@ class GraphBenchResult:
 
 
 async def _run_graph(client: httpx.AsyncClient, service: Service, graph_id: str, inputs: list[dict[str, Any]],
-                     stats: GraphStats, progress: Progress, task: Any) -> None:
+                     stats: GraphStats, progress: Progress, task: Any, config: dict[str, Any] | None = None) -> None:
     for payload in inputs:
         before = token_counts(service.metrics.registry)
         started = time.perf_counter()
-        response = await client.post("/runs/wait", json={"assistant_id": graph_id, "input": payload})
+        body = {"assistant_id": graph_id, "input": payload, **({"config": config} if config else {})}
+        response = await client.post("/runs/wait", json=body)
         latency = time.perf_counter() - started
         ok = response.status_code == 200 and "__error__" not in response.json()
         stats.add(latency, "success" if ok else "error", _delta(token_counts(service.metrics.registry), before))
@@ -174,7 +188,8 @@ async def _bench(settings: Settings, config: GraphBenchConfig, quiet: bool) -> G
                              GraphStats(), progress, progress.add_task("warm-up", total=1))
             for name in GRAPHS:
                 task = progress.add_task(name, total=config.runs)
-                await _run_graph(client, service, name, inputs_for(name, config), graphs[name], progress, task)
+                await _run_graph(client, service, name, inputs_for(name, config), graphs[name], progress, task,
+                                 config.run_config(name))
     return GraphBenchResult(config=config, graphs=graphs)
 
 
@@ -202,7 +217,7 @@ def write_report(result: GraphBenchResult) -> None:
     text = "\n".join([
         "# bench graph",
         "",
-        f"Command: `agentstack bench graph --runs {result.config.runs} --max-rounds {result.config.max_rounds}`",
+        f"Command: `{result.config.command}`",
         "",
         "Stateless `POST /runs/wait` runs, one at a time, on fixed inputs; tokens are the change of "
         "the per-role counters across each run.",

@@ -48,3 +48,14 @@ def test_summary_and_report(tmp_path: Path) -> None:
     assert percentile([], 0.5) == 0.0
     assert [i["max_rounds"] for i in inputs_for("plan_act_reflect", config)] == [2] * 5
     assert len({i["messages"][0]["content"] for i in inputs_for("tool_agent", config)}) == 5
+
+
+def test_the_actor_role_goes_into_plan_act_reflect_runs_only(tmp_path: Path) -> None:
+    config = GraphBenchConfig(runs=1, report_dir=tmp_path, actor_role="auto")
+    assert config.run_config("plan_act_reflect") == {"configurable": {"actor_role": "auto"}}
+    assert config.run_config("tool_agent") is None and GraphBenchConfig().run_config("plan_act_reflect") is None
+    result = GraphBenchResult(config=config, graphs={"plan_act_reflect": GraphStats()})
+    write_report(result)
+    assert result.report is not None
+    assert "`agentstack bench graph --runs 1 --max-rounds 2 --actor-role auto`" in result.report.read_text()
+    assert result.summary()["actor_role"] == "auto"

@@ -149,19 +149,20 @@ def _policy(name: str, flags: list[bool], kinds: list[str]) -> PolicyScore:
     return PolicyScore(name, kinds, [_outcome(("a",), "think", f) for f in flags])
 
 
-def test_best_fixed_includes_always_think_without_slack(tmp_path: Path) -> None:
-    assert best_fixed(list(_scores().values())).policy == "always-think"  # tied with fixed:a:think, listed first
+def test_targets_compare_the_gate_with_always_think_and_the_best_fixed_policy(tmp_path: Path) -> None:
+    assert best_fixed(list(_scores().values())).policy == "fixed:a:think"  # always-think keeps the gate's roles
     table = [_row(f"h:{i}", "arith-easy" if i < 10 else "units", set()) for i in range(20)]
     kinds = [row.kind for row in table]
     gate = _policy("gate", [True] * 14 + [False] * 6, kinds)
     think = _policy("always-think", [True] * 15 + [False] * 5, kinds)
     fixed = _policy("fixed:a:direct", [True] * 10 + [False] * 10, kinds)
-    assert gate.accuracy >= think.accuracy - think.stderr  # the old rule would have passed it
-    assert best_fixed([gate, think, fixed]) is think
+    assert best_fixed([gate, think, fixed]) is fixed
     files = write_report(tmp_path, [gate, think, fixed], gate, Overhead([0.01], [1.0]), table,
                          {"top_k": 1, "roles": list(ROLES), "layer": 4}, "eval")
     text = files.report.read_text()
-    assert "| accuracy ≥ best prompt-blind policy (always-think) + 2 s.e. | 0.700 vs 0.944 | no |" in text
+    assert "| accuracy ≥ always-think | 0.700 vs 0.750 | no |" in text
+    assert "| accuracy ≥ best fixed role × path (fixed:a:direct) + 2 s.e. | 0.700 vs 0.724 | no |" in text
+    assert "| think-path tokens ≤ 60% of always-think's" in text and "(100.0%) | no |" in text
     assert "the gate alone is right on 0, always-think alone on 1; two-sided p = 1.0000" in text
     assert "Per-kind rule: left out" in text
     assert "in-template: accuracy ± s.e." in text and "out-of-template: accuracy ± s.e." in text
@@ -175,8 +176,9 @@ def test_result_json_has_the_paired_test() -> None:
     policies = [p for p in scores.values() if p.policy != "gate (supervised only)"]
     summary = result_json(policies, Overhead([0.01], [1.0]))
     assert summary["gate_vs_always_think"] == {"gate_only": 1, "always_think_only": 1, "p_value": 1.0}
-    assert {"policy", "accuracy", "stderr", "reasoning_tokens", "generated_tokens",
+    assert {"policy", "n", "accuracy", "stderr", "reasoning_tokens", "generated_tokens",
             "think_path_tokens"} == set(summary["policies"][0])
+    assert summary["n"] == summary["policies"][0]["n"] == policies[0].tally().n > 0
 
 
 def test_rescore_applies_the_strict_scorer_to_stored_replies() -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from routers.offline.commands import GATE_DIR, OUTCOMES_FILE
 from routers.offline.measure import (
     MeasureConfig,
     Outcome,
@@ -22,6 +21,8 @@ from routers.offline.measure import (
 from routers.offline.tasks import Task
 from routers.offline.train import GATE_ROLES
 from routers.prompt import Path_
+
+ONE_RUN_TABLE = Path(__file__).parent / "data" / "outcomes-one-run.jsonl"
 
 
 def _run(path: Path_, correct: bool, tokens: int, seed: int | None = None) -> Outcome:
@@ -53,9 +54,10 @@ def test_several_runs_per_action_round_trip(tmp_path: Path) -> None:
 
 
 def test_a_one_run_table_reads_as_one_sample_and_is_rewritten_unchanged(tmp_path: Path) -> None:
-    """The shipped table predates samples: each action is its greedy run alone, and a
-    rewrite (as `gate train` does after rescoring) leaves the file byte for byte."""
-    shipped = GATE_DIR / OUTCOMES_FILE
+    """A table measured before samples existed (the first gate's, kept as test data): each
+    action is its greedy run alone, and a rewrite (as `gate train` does after rescoring)
+    leaves the file byte for byte."""
+    shipped = ONE_RUN_TABLE
     table = read_outcomes(shipped)
     row = table[0]
     assert row.samples == {}

@@ -157,9 +157,11 @@ def _score(k: int, objective: str, lam: float, accuracy: float, tokens: float) -
 
 def test_selection_keeps_rloo_only_where_it_wins() -> None:
     """k and lam come from the exact objective; RLOO at that k and lam replaces it only if
-    it is more accurate, or as accurate with fewer tokens."""
+    it is more accurate, or as accurate with clearly fewer tokens."""
     tied = [_score(1, "rloo", 0.0, 0.8, 30), _score(1, "exact", 0.0, 0.8, 30)]
     assert select(tied).candidate.objective == "exact"
+    hair = [_score(1, "exact", 0.0, 0.8, 36.14), _score(1, "rloo", 0.0, 0.8, 36.10)]
+    assert select(hair).candidate.objective == "exact", "0.04 tokens fewer is a tie"
     better = [_score(1, "exact", 0.0, 0.8, 30), _score(1, "rloo", 0.0, 0.85, 30)]
     assert select(better).candidate.objective == "rloo"
     cheaper = [_score(1, "exact", 0.0, 0.8, 30), _score(1, "rloo", 0.0, 0.8, 20)]

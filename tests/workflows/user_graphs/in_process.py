@@ -6,7 +6,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from agentstack.chat_model import RoleChatModel
+from agentstack.chat_model import ROUTE_METADATA_KEY, RoleChatModel
 
 WEATHER_TOOL = {
     "type": "function",
@@ -23,13 +23,15 @@ class Asked(TypedDict, total=False):
     question: str
     answer: str
     answer_tokens: int
+    route: dict[str, Any]
     tool_calls: list[dict[str, Any]]
 
 
 async def ask_gate(state: Asked) -> Asked:
     reply = await RoleChatModel(role="auto", max_tokens=32).ainvoke(state["question"])
     usage = reply.usage_metadata or {}
-    return {"answer": reply.text, "answer_tokens": usage.get("output_tokens", 0)}
+    return {"answer": reply.text, "answer_tokens": usage.get("output_tokens", 0),
+            "route": reply.response_metadata[ROUTE_METADATA_KEY]}
 
 
 async def call_tool(state: Asked) -> Asked:
