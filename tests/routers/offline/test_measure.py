@@ -57,8 +57,7 @@ def test_a_one_run_table_reads_as_one_sample_and_is_rewritten_unchanged(tmp_path
     """A table measured before samples existed (the first gate's, kept as test data): each
     action is its greedy run alone, and a rewrite (as `gate train` does after rescoring)
     leaves the file byte for byte."""
-    shipped = ONE_RUN_TABLE
-    table = read_outcomes(shipped)
+    table = read_outcomes(ONE_RUN_TABLE)
     row = table[0]
     assert row.samples == {}
     for outcome in row.outcomes.values():
@@ -66,7 +65,7 @@ def test_a_one_run_table_reads_as_one_sample_and_is_rewritten_unchanged(tmp_path
         assert row.p_correct(outcome.roles, outcome.path) == float(outcome.correct)
         assert row.mean_tokens(outcome.roles, outcome.path) == outcome.generated_tokens
     write_outcomes(tmp_path / "t.jsonl", table)
-    assert (tmp_path / "t.jsonl").read_bytes() == shipped.read_bytes()
+    assert (tmp_path / "t.jsonl").read_bytes() == ONE_RUN_TABLE.read_bytes()
     assert summary(table)["runs_per_action"] == [1]
 
 
