@@ -286,6 +286,35 @@ def bench_cache(
         console.print(result.report.read_text())
 
 
+@bench_app.command("low-rank")
+def bench_low_rank(
+    tokens: Annotated[str, typer.Option(help="Step sizes in tokens, comma-separated.")] = "1,8,64,512,2048",
+    slots: Annotated[int, typer.Option(help="Adapter slots in the batch.", min=1)] = 4,
+    repeats: Annotated[int, typer.Option(help="Timed calls per case.", min=1)] = 30,
+    model: ModelOption = None,
+    report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Decomposed mode's per-role B eager against compiled (torch.compile, fullgraph)."""
+    from agentstack.config import PACKAGE_DATA
+    from agentstack.offline.bench.low_rank import LowRankBenchConfig, run_low_rank_bench, write_report
+    from cache.adapters import SharedA, group_by_shared_a
+
+    sizes = tuple(int(t) for t in tokens.split(",") if t.strip())
+    packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file()]
+    rank = SharedA.of(group_by_shared_a(packaged)[0][0]).rank
+    config = LowRankBenchConfig(tokens=sizes, slots=slots, repeats=repeats, report_dir=report_dir)
+    with stdout_to_stderr() if as_json else contextlib.nullcontext():
+        result = run_low_rank_bench(_model_dir(model), rank, config)
+        write_report(result, report_dir)
+    if as_json:
+        print(json.dumps(result.summary()))
+        return
+    for row in result.rows:
+        console.print(f"{row.tokens:>5} tokens: eager {row.eager_ms:.3f} ms, compiled {row.compiled_ms:.3f} ms "
+                      f"({row.speedup:.2f}x), max |Δ| {row.max_abs_diff:.2g}")
+
+
 @bench_app.command("cache-served", hidden=True)
 def bench_cache_served(
     mode: Annotated[str, typer.Argument(help="cache.mode of this engine.")],
@@ -296,14 +325,20 @@ def bench_cache_served(
     probe: Annotated[str, typer.Option(help="Comma-separated roles: the probe workload.")] = "",
     isolate: Annotated[bool, typer.Option(help="One cache salt per role: no sharing.")] = False,
     together: Annotated[bool, typer.Option(help="Probe roles sent at once, not in turn.")] = False,
+    context_repeats: Annotated[int, typer.Option(help="Probe context repeated this often.")] = 1,
+    ready_file: Annotated[Optional[Path], typer.Option(help="Written once the engine is warm.")] = None,
+    wait_file: Annotated[Optional[list[Path]], typer.Option(help="Probe waits for these files.")] = None,
+    after_peer_claim: Annotated[bool, typer.Option(help="Probe waits for another engine's in-flight claim.")] = False,
 ) -> None:
     """One engine in one cache mode, in a process of its own (vLLM's state is per process):
     `bench cache` and the cache tests run one per mode."""
-    from agentstack.offline.bench.cache import served_mode
+    from agentstack.offline.bench.cache import PeerSync, served_mode
 
     roles = tuple(r for r in probe.split(",") if r)
+    peer = PeerSync(ready=ready_file, wait_for=tuple(wait_file or ()), after_peer_claim=after_peer_claim)
     served_mode(mode, redis_url, out, probe=roles, prompts=prompts,
-                min_context_tokens=min_context_tokens, isolate=isolate, together=together)
+                min_context_tokens=min_context_tokens, isolate=isolate, together=together,
+                context_repeats=context_repeats, peer=peer)
 
 
 @contextlib.contextmanager

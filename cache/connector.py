@@ -16,9 +16,22 @@ It plugs in through vLLM's supported extension point (``KVTransferConfig`` with
   ``get_num_new_matched_tokens`` looks them up (no side effects) beyond vLLM's own hits;
   ``build_connector_meta`` tells the worker which paged blocks to fill from which hashes
   and which freshly computed blocks to save.
-- worker: ``start_load_kv`` copies cached blocks into the paged KV tensors before the
-  forward; ``wait_for_save`` copies computed blocks out after it. Blocks that could not
-  be loaded are reported through ``get_block_ids_with_load_errors`` and recomputed.
+- worker: ``start_load_kv`` copies cached blocks into the paged KV tensors; ``wait_for_save``
+  hands computed blocks to a background thread (``cache.transfers``) that copies them out
+  and writes them through the tiers in one batch. Blocks that could not be loaded are
+  reported through ``get_block_ids_with_load_errors`` and recomputed.
+
+I/O stays off the engine step where vLLM's protocol allows: a load that needs Redis is
+asynchronous (the request waits in ``WAITING_FOR_REMOTE_KVS`` while other requests run;
+blocks in the memory tier are a memory copy and load before the forward), and a request
+with saves in flight keeps its blocks until the saves are done (``request_finished``
+answers True; ``get_finished`` reports it). A preemption drains the saves first, since a
+preempted request's blocks are freed at once.
+
+Across engines, a scheduler claims in Redis the blocks it is about to compute
+(``cache.inflight``); another engine's request whose next block is claimed waits for it
+(``get_num_new_matched_tokens`` answers None, "ask again") up to
+``redis.inflight_wait_s``, then loads the whole context instead of prefilling it again.
 
 vLLM's CPU attention backend keeps a paged block per layer as ``[kv_heads, 2·block_size,
 head_size]`` memory: the block's K half, then its V half. V is token-major; with the
@@ -43,9 +56,12 @@ as vLLM KV-connector stats (``CacheConnectorStats``).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +76,13 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStat
 
 from cache.index import BlockHash
 from cache.adapters import SharedA
+from cache.inflight import InflightClaims
 from cache.layout import Block, BlockLayout, DecomposedBlock, KVBlock, ModelShape
 from cache.modes import CacheConfig
 from cache.stats import stats_payload
 from cache.store import BASE_WRITER, KVCacheStore, MatchResult
 from cache.tiers import CacheTier, MemoryTier, ResidencyMirror
+from cache.transfers import TransferQueue
 from cache.vllm_plugin import install_shared_block_keys
 
 if TYPE_CHECKING:
@@ -82,6 +100,9 @@ logger = logging.getLogger(__name__)
 CONNECTOR_NAME = "SharedPrefixConnector"
 MODULE_PATH = __name__
 STATS_INTERVAL_S = 1.0
+PEER_POLL_S = 0.01
+"""While a request waits for another engine's blocks, the scheduler pauses this long per
+lookup, so an engine with nothing else to run does not spin on Redis."""
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 # Kernel variants whose paged K is head-major inside a block (``[kv_heads, head_size,
@@ -152,6 +173,29 @@ def paged_isa(vllm_config: VllmConfig) -> str:
     )
 
 
+def _cache_config(vllm_config: VllmConfig, block_size: int) -> CacheConfig:
+    transfer = vllm_config.kv_transfer_config
+    assert transfer is not None
+    extra = transfer.kv_connector_extra_config
+    return CacheConfig.model_validate({**extra.get("cache", {}), "block_size": block_size})
+
+
+def _redis_url(vllm_config: VllmConfig, config: CacheConfig) -> str | None:
+    transfer = vllm_config.kv_transfer_config
+    assert transfer is not None
+    url = config.redis.url or transfer.kv_connector_extra_config.get("redis_url")
+    return url if config.redis.enabled and url else None
+
+
+def _inflight_claims(vllm_config: VllmConfig, config: CacheConfig) -> InflightClaims | None:
+    """Claims on blocks in flight, when engines share a Redis and waiting is on."""
+    url = _redis_url(vllm_config, config)
+    if url is None or config.redis.inflight_wait_s <= 0:
+        return None
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return InflightClaims(config.redis, owner=owner, url=url)
+
+
 def _build_store(
     vllm_config: VllmConfig, block_size: int, isa: str, first_tier: CacheTier
 ) -> KVCacheStore:
@@ -159,7 +203,7 @@ def _build_store(
     transfer = vllm_config.kv_transfer_config
     assert transfer is not None
     extra = transfer.kv_connector_extra_config
-    config = CacheConfig.model_validate({**extra.get("cache", {}), "block_size": block_size})
+    config = _cache_config(vllm_config, block_size)
     decomposed = extra.get("decomposed")
     if config.mode.stores_low_rank != (decomposed is not None):
         raise ValueError("decomposed mode needs the shared A's rank and fingerprint, other modes none")
@@ -181,13 +225,15 @@ def _build_store(
 
 @dataclass(slots=True)
 class ResidencyUpdate(KVConnectorWorkerMetadata):
-    """Keys the worker's memory tier gained (True) or lost (False), in order (worker -> scheduler)."""
+    """Keys the worker's memory tier gained (True) or lost (False), in order, and the keys
+    written through every tier since the last update (worker -> scheduler)."""
 
     changes: list[tuple[BlockHash, bool]] = field(default_factory=list)
+    stored: list[BlockHash] = field(default_factory=list)
 
     def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
         assert isinstance(other, ResidencyUpdate)
-        return ResidencyUpdate(self.changes + other.changes)
+        return ResidencyUpdate(self.changes + other.changes, self.stored + other.stored)
 
 
 @dataclass(slots=True)
@@ -198,6 +244,8 @@ class _Load:
     block_ids: list[int]
     reader: str | None
     num_query_tokens: int
+    request_id: str
+    asynchronous: bool
 
 
 @dataclass(slots=True)
@@ -207,12 +255,15 @@ class _Save:
     hashes: list[BlockHash]
     block_ids: list[int]
     writer: str
+    request_id: str
 
 
 @dataclass(slots=True)
 class SharedPrefixMetadata(KVConnectorMetadata):
     loads: list[_Load] = field(default_factory=list)
     saves: list[_Save] = field(default_factory=list)
+    preempted: bool = False
+    """Some request was preempted this step: its blocks are free to reuse at once."""
 
 
 @dataclass(slots=True)
@@ -225,7 +276,13 @@ class _Tracked:
     block_ids: list[int] = field(default_factory=list)
     num_saved_blocks: int = 0
     pending_load: MatchResult | None = None
+    pending_async: bool = False
     load_start_block: int = 0
+    has_saves: bool = False
+    claimed: range = range(0)
+    """Indices of ``hashes`` this engine claimed as in flight."""
+    peer_wait_since: float | None = None
+    peer_wait_over: bool = False
 
 
 class CacheConnectorStats(KVConnectorStats):
@@ -261,16 +318,28 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         self._k_head_major = self._isa in _K_HEAD_MAJOR_ISAS
         self._changes: list[tuple[BlockHash, bool]] = []
         self._changes_lock = threading.Lock()
+        self._stored: list[BlockHash] = []
         self._mirror = ResidencyMirror() if role is KVConnectorRole.SCHEDULER else None
+        config = _cache_config(vllm_config, self._block_size)
         first: CacheTier
         if self._mirror is not None:
             first = self._mirror
         else:
-            config = CacheConfig.model_validate(
-                self._kv_transfer_config.kv_connector_extra_config.get("cache", {})
-            )
             first = MemoryTier(config.memory_capacity_bytes, on_change=self._record_change)
         self._store = _build_store(vllm_config, self._block_size, self._isa, first)
+        # Worker: block I/O on background threads (saves and loads apart, so a load never
+        # queues behind saves), the requests waiting on them, and async load failures.
+        self._saves: TransferQueue | None = None
+        self._loads: TransferQueue | None = None
+        if role is KVConnectorRole.WORKER:
+            self._saves, self._loads = TransferQueue("kv-save"), TransferQueue("kv-load")
+        self._saving: set[str] = set()
+        self._finished_saving: set[str] = set()
+        self._loading: set[str] = set()
+        self._errors_lock = threading.Lock()
+        # Scheduler: claims on blocks in flight, shared with the other engines.
+        self._claims = _inflight_claims(vllm_config, config) if self._mirror is not None else None
+        self._peer_wait_s = config.redis.inflight_wait_s
         if self._mirror is not None and not self._store.mode.keyed_by_adapter:
             # The scheduler keys the engine's own prefix cache too: one paged copy per
             # context for every role, so this connector is needed only across engines.
@@ -278,6 +347,7 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         self._head_dim = self._store.layout.shape.head_dim
         self._rank = self._store.layout.rank
         self._tracked: dict[str, _Tracked] = {}
+        self._async_loads: list[str] = []
         self._kv_caches: list[torch.Tensor] = []
         self._load_errors: set[int] = set()
         self._last_payload: dict[str, Any] = {}
@@ -326,13 +396,25 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         metadata = self._get_connector_metadata()
         assert isinstance(metadata, SharedPrefixMetadata)
         for load in metadata.loads:
-            blocks = self._store.load(
-                load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens
-            )
-            for block, block_id in zip(blocks, load.block_ids):
-                k, v = self._paged_form(block)
-                for layer in range(len(self._kv_caches)):
-                    self._write_block(layer, block_id, k[layer], v[layer])
+            if load.asynchronous:
+                assert self._loads is not None
+                self._loading.add(load.request_id)
+                self._loads.submit(load.request_id, lambda load=load: self._load(load))
+            else:
+                self._load(load)
+
+    def _load(self, load: _Load) -> None:
+        """Fetch the blocks and write them into their paged blocks; the rest are errors.
+
+        An asynchronous load writes blocks no running request reads: vLLM caches (shares)
+        them only after the load is reported finished.
+        """
+        blocks = self._store.load(load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens)
+        for block, block_id in zip(blocks, load.block_ids):
+            k, v = self._paged_form(block)
+            for layer in range(len(self._kv_caches)):
+                self._write_block(layer, block_id, k[layer], v[layer])
+        with self._errors_lock:
             self._load_errors.update(load.block_ids[len(blocks) :])
 
     def wait_for_layer_load(self, layer_name: str) -> None:
@@ -349,22 +431,56 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         # block is stored only when every layer of it is computed.
         return None
 
+    def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
+        """A preempted request's blocks are reused at once: finish copying them out first."""
+        if isinstance(kv_connector_metadata, SharedPrefixMetadata) and kv_connector_metadata.preempted:
+            assert self._saves is not None
+            self._saves.drain()
+
     def wait_for_save(self) -> None:
+        """Queue this step's saves; the request keeps its blocks until they are done."""
         metadata = self._get_connector_metadata()
         assert isinstance(metadata, SharedPrefixMetadata)
+        assert self._saves is not None
         for save in metadata.saves:
-            hashes, blocks = [], []
-            for key, block_id in zip(save.hashes, save.block_ids):
-                if self._store.holds(key):
-                    continue
-                layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
-                blocks.append(
-                    self._stored_form(
-                        torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers]), save.writer
-                    )
+            self._saving.add(save.request_id)
+            self._saves.submit(save.request_id, lambda save=save: self._save(save))
+
+    def _save(self, save: _Save) -> None:
+        """Copy the computed blocks out, compact them, write them through every tier at once."""
+        hashes, blocks = [], []
+        for key, block_id in zip(save.hashes, save.block_ids):
+            if self._store.holds(key):
+                continue
+            layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
+            blocks.append(
+                self._stored_form(
+                    torch.stack([k for k, _ in layers]),
+                    torch.stack([v for _, v in layers]),
+                    save.writer,
                 )
-                hashes.append(key)
-            self._store.put(hashes, blocks)
+            )
+            hashes.append(key)
+        self._store.put(hashes, blocks)
+        with self._changes_lock:
+            self._stored.extend(save.hashes)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        """Finished requests whose saves are done (their blocks may be freed), and requests
+        whose asynchronous load is done (they may be scheduled)."""
+        assert self._saves is not None and self._loads is not None
+        self._finished_saving |= finished_req_ids & self._saving
+        sent = self._saves.take_done(self._finished_saving)
+        self._finished_saving -= sent
+        self._saving -= sent
+        received = self._loads.take_done(self._loading)
+        self._loading -= received
+        return sent or None, received or None
+
+    def shutdown(self) -> None:
+        for transfers in (self._saves, self._loads):
+            if transfers is not None:
+                transfers.close()
 
     def _stored_form(self, k: torch.Tensor, v: torch.Tensor, writer: str) -> Block:
         """A paged block's content as the store keeps it.
@@ -400,13 +516,15 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             self._changes.append((key, held))
 
     def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
-        """This step's memory-tier changes, for the scheduler's mirror."""
+        """This step's memory-tier changes (for the scheduler's mirror) and stored keys."""
         with self._changes_lock:
             changes, self._changes = self._changes, []
-        return ResidencyUpdate(changes) if changes else None
+            stored, self._stored = self._stored, []
+        return ResidencyUpdate(changes, stored) if changes or stored else None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
-        errors, self._load_errors = self._load_errors, set()
+        with self._errors_lock:
+            errors, self._load_errors = self._load_errors, set()
         return errors
 
     ##### Scheduler side #####
@@ -432,6 +550,8 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         if loadable <= start:
             return 0, False
         match = self._store.match(tracked.hashes[:loadable])
+        if len(match.hashes) < loadable and self._waits_for_peer(tracked, tracked.hashes[len(match.hashes)]):
+            return None, False
         num_blocks = len(match.hashes) - start
         if num_blocks <= 0:
             return 0, False
@@ -439,25 +559,60 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             match.hashes[start:], match.tiers[start:], self._block_size
         )
         tracked.load_start_block = start
-        return num_blocks * self._block_size, False
+        # A memory copy loads before the forward; a Redis round trip does not hold the step.
+        first_tier = self._store.tiers[0].name
+        tracked.pending_async = any(tier != first_tier for tier in tracked.pending_load.tiers)
+        return num_blocks * self._block_size, tracked.pending_async
+
+    def _waits_for_peer(self, tracked: _Tracked, next_block: BlockHash) -> bool:
+        """Whether to wait for ``next_block``, which another engine claimed to compute.
+
+        A request waits once, at most ``redis.inflight_wait_s``; then (or when the claim is
+        gone: saved, or its engine died) it takes what the tiers hold and computes the rest.
+        """
+        if self._claims is None or tracked.peer_wait_over:
+            return False
+        now = time.monotonic()
+        waited_too_long = tracked.peer_wait_since is not None and now - tracked.peer_wait_since > self._peer_wait_s
+        if waited_too_long or not self._claims.claimed_by_another(next_block):
+            tracked.peer_wait_over = tracked.peer_wait_since is not None
+            return False
+        if tracked.peer_wait_since is None:
+            tracked.peer_wait_since = now
+            self._store.stats.peer_waits[self._store.mode.value] += 1
+        time.sleep(PEER_POLL_S)
+        return True
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
         tracked = self._tracked.get(request.request_id)
-        if tracked is not None and num_external_tokens == 0:
-            tracked.pending_load = None
+        if tracked is None:
+            return
+        if num_external_tokens == 0:
+            tracked.pending_load, tracked.pending_async = None, False
+        elif tracked.pending_async and tracked.pending_load is not None:
+            # The request waits for its load and is not scheduled this step: hand the
+            # worker the load now, into the blocks just allocated for it.
+            tracked.block_ids = list(blocks.get_block_ids()[0])
+            self._async_loads.append(request.request_id)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        meta = SharedPrefixMetadata()
+        meta = SharedPrefixMetadata(preempted=bool(scheduler_output.preempted_req_ids))
+        for req_id in self._async_loads:
+            tracked = self._tracked.get(req_id)
+            if tracked is not None:
+                self._queue_load(tracked, meta, req_id)
+        self._async_loads.clear()
         scheduled = scheduler_output.num_scheduled_tokens
         for new in scheduler_output.scheduled_new_reqs:
             tracked = self._tracked.get(new.req_id)
             if tracked is None:
                 continue
             tracked.block_ids = list(new.block_ids[0])
-            self._queue_load(tracked, meta)
-            self._queue_saves(tracked, new.num_computed_tokens + scheduled.get(new.req_id, 0), meta)
+            self._queue_load(tracked, meta, new.req_id)
+            self._claim_computed(tracked, new.num_computed_tokens)
+            self._queue_saves(tracked, new.num_computed_tokens + scheduled.get(new.req_id, 0), meta, new.req_id)
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             tracked = self._tracked.get(req_id)
@@ -467,13 +622,13 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             if req_id in cached.resumed_req_ids:
                 # A preempted request comes back with all new blocks and may load again.
                 tracked.block_ids = list(new_ids[0]) if new_ids is not None else []
-                self._queue_load(tracked, meta)
+                self._queue_load(tracked, meta, req_id)
             elif new_ids is not None:
                 tracked.block_ids.extend(new_ids[0])
-            self._queue_saves(tracked, cached.num_computed_tokens[i] + scheduled.get(req_id, 0), meta)
+            self._queue_saves(tracked, cached.num_computed_tokens[i] + scheduled.get(req_id, 0), meta, req_id)
         return meta
 
-    def _queue_load(self, tracked: _Tracked, meta: SharedPrefixMetadata) -> None:
+    def _queue_load(self, tracked: _Tracked, meta: SharedPrefixMetadata, request_id: str) -> None:
         """Hand the worker the load promised in ``get_num_new_matched_tokens``."""
         match, tracked.pending_load = tracked.pending_load, None
         if match is None:
@@ -485,12 +640,24 @@ class SharedPrefixConnector(KVConnectorBase_V1):
                 block_ids=tracked.block_ids[start : start + count],
                 reader=tracked.reader,
                 num_query_tokens=tracked.num_prompt_tokens,
+                request_id=request_id,
+                asynchronous=tracked.pending_async,
             )
         )
         # Loaded blocks are in the store already: never save them back.
         tracked.num_saved_blocks = max(tracked.num_saved_blocks, start + count)
 
-    def _queue_saves(self, tracked: _Tracked, num_computed: int, meta: SharedPrefixMetadata) -> None:
+    def _claim_computed(self, tracked: _Tracked, num_computed: int) -> None:
+        """Tell the other engines which of the prompt's blocks this one is computing."""
+        first = num_computed // self._block_size
+        if self._claims is None or tracked.claimed or first >= len(tracked.hashes):
+            return
+        self._claims.claim(tracked.hashes[first:])
+        tracked.claimed = range(first, len(tracked.hashes))
+
+    def _queue_saves(
+        self, tracked: _Tracked, num_computed: int, meta: SharedPrefixMetadata, request_id: str
+    ) -> None:
         """Save the prompt blocks this step completes (each one once per request)."""
         full = min(num_computed, tracked.num_prompt_tokens) // self._block_size
         full = min(full, len(tracked.hashes), len(tracked.block_ids))
@@ -501,20 +668,32 @@ class SharedPrefixConnector(KVConnectorBase_V1):
                 hashes=tracked.hashes[tracked.num_saved_blocks : full],
                 block_ids=tracked.block_ids[tracked.num_saved_blocks : full],
                 writer=tracked.reader or BASE_WRITER,
+                request_id=request_id,
             )
         )
         tracked.num_saved_blocks = full
+        tracked.has_saves = True
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         update = connector_output.kv_connector_worker_meta
         if isinstance(update, ResidencyUpdate) and self._mirror is not None:
             self._mirror.apply(update.changes)
+            if self._claims is not None and update.stored:
+                # Saved through every tier: whoever waits for them finds them now.
+                self._claims.release(update.stored)
 
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        self._tracked.pop(request.request_id, None)
-        return False, None
+        """Drop the request; its blocks wait for its saves (True) when some are in flight."""
+        tracked = self._tracked.pop(request.request_id, None)
+        if tracked is None:
+            return False, None
+        if self._claims is not None:
+            # Claimed blocks never queued for saving will not come: release them now.
+            unsaved = range(max(tracked.claimed.start, tracked.num_saved_blocks), tracked.claimed.stop)
+            self._claims.release([tracked.hashes[i] for i in unsaved])
+        return tracked.has_saves, None
 
     ##### Statistics #####
 

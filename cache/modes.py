@@ -52,6 +52,16 @@ class RedisTierConfig(BaseModel):
     retry_after_s: float = Field(
         default=5.0, ge=0, description="After a fault, skip the tier this long before retrying."
     )
+    inflight_ttl_s: float = Field(
+        default=30.0, gt=0,
+        description="An engine's claim on blocks it is computing lapses after this (a crashed "
+        "engine's claims with it).",
+    )
+    inflight_wait_s: float = Field(
+        default=30.0, ge=0,
+        description="How long a request waits for blocks another engine is computing before it "
+        "computes them itself; 0 turns cross-engine in-flight deduplication off.",
+    )
 
 
 class CacheConfig(BaseModel):

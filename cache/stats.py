@@ -9,6 +9,7 @@ beyond the GIL); a collector turns them into ``agentstack:kv_cache_*`` series wh
 | ``agentstack:kv_cache_hit_tokens_total`` | tier, mode | prompt tokens served from a tier |
 | ``agentstack:kv_cache_miss_tokens_total`` | mode | prompt tokens looked up and not found |
 | ``agentstack:kv_cache_cross_role_reuses_total`` | mode | tier lookups that reused another role's blocks (within one engine the shared modes' reuse is vLLM's own prefix-cache hit) |
+| ``agentstack:kv_cache_peer_waits_total`` | mode | requests that waited for blocks another engine was computing, instead of computing them |
 | ``agentstack:kv_cache_evictions_total`` | tier | blocks evicted for capacity |
 | ``agentstack:kv_cache_tier_faults_total`` | tier | tier operations that failed (served as misses) |
 | ``agentstack:kv_cache_bytes`` | tier | bytes of blocks held now |
@@ -44,6 +45,7 @@ class CacheStats:
     hit_tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
     miss_tokens: Counter[str] = field(default_factory=Counter)
     cross_role_reuses: Counter[str] = field(default_factory=Counter)
+    peer_waits: Counter[str] = field(default_factory=Counter)
 
     def hits(self, *, tier: str | None = None, mode: str | None = None) -> int:
         """Hit tokens, summed over whichever of tier and mode is left open."""
@@ -91,6 +93,13 @@ class CacheCollector(Collector):
         )
         for mode, n in sorted(self._stats.cross_role_reuses.items()):
             reuses.add_metric([mode], n)
+        peer_waits = CounterMetricFamily(
+            "agentstack:kv_cache_peer_waits",
+            "Requests that waited for blocks another engine was computing, by mode.",
+            labels=["mode"],
+        )
+        for mode, n in sorted(self._stats.peer_waits.items()):
+            peer_waits.add_metric([mode], n)
         evictions = CounterMetricFamily(
             "agentstack:kv_cache_evictions",
             "Blocks evicted from a tier to stay within its capacity.",
@@ -108,7 +117,7 @@ class CacheCollector(Collector):
             evictions.add_metric([name], view.stats.evictions)
             faults.add_metric([name], view.stats.faults)
             held.add_metric([name], view.bytes_held())
-        yield from (hits, misses, reuses, evictions, faults, held)
+        yield from (hits, misses, reuses, peer_waits, evictions, faults, held)
 
 
 _SEP = "|"
@@ -120,6 +129,7 @@ def stats_payload(stats: CacheStats, tiers: Mapping[str, TierView]) -> dict[str,
         "hit_tokens": {f"{t}{_SEP}{m}": n for (t, m), n in stats.hit_tokens.items()},
         "miss_tokens": dict(stats.miss_tokens),
         "cross_role_reuses": dict(stats.cross_role_reuses),
+        "peer_waits": dict(stats.peer_waits),
         "evictions": {name: view.stats.evictions for name, view in tiers.items()},
         "faults": {name: view.stats.faults for name, view in tiers.items()},
         "bytes": {name: view.bytes_held() for name, view in tiers.items()},
@@ -156,6 +166,7 @@ class MirroredCache:
         )
         self.stats.miss_tokens = total("miss_tokens")
         self.stats.cross_role_reuses = total("cross_role_reuses")
+        self.stats.peer_waits = total("peer_waits")
         evictions, faults = total("evictions"), total("faults")
         held = {name for side in sides for name in side.get("bytes", {})}
         for name in held:

@@ -151,9 +151,14 @@ class KVCacheStore:
         """
         by_name = {tier.name: tier for tier in self.tiers}
         blocks: list[Block] = []
+        # One batched read per tier (one Redis round trip for all its blocks).
+        values: dict[BlockHash, bytes | None] = {}
+        for tier_name in dict.fromkeys(match.tiers):
+            keys = [k for k, t in zip(match.hashes, match.tiers) if t == tier_name]
+            values.update(zip(keys, by_name[tier_name].get_many(keys)))
         for key, tier_name in zip(match.hashes, match.tiers):
             tier = by_name[tier_name]
-            value = tier.get(key)
+            value = values[key]
             if value is None:
                 break
             try:
@@ -199,16 +204,16 @@ class KVCacheStore:
         """
         if len(hashes) != len(blocks):
             raise ValueError(f"{len(hashes)} hashes for {len(blocks)} blocks")
-        written = 0
+        items: list[tuple[BlockHash, bytes]] = []
         for key, block in zip(hashes, blocks):
             self._check(block)
-            if self.holds(key):
-                continue
-            value = encode_block(block)
+            if not self.holds(key):
+                items.append((key, encode_block(block)))
+        if items:
+            # One batched write per tier (one Redis round trip for the lot).
             for tier in self.tiers:
-                tier.put(key, value)
-            written += 1
-        return written
+                tier.put_many(items)
+        return len(items)
 
     def close(self) -> None:
         for tier in self.tiers:

@@ -61,6 +61,14 @@ class CacheTier(ABC):
         """``contains`` for many keys. Re-implement where one round trip can answer all."""
         return [self.contains(key) for key in keys]
 
+    def get_many(self, keys: Sequence[BlockHash]) -> list[bytes | None]:
+        """``get`` for many keys. Re-implement where one round trip can answer all."""
+        return [self.get(key) for key in keys]
+
+    def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """``put`` for many blocks; returns how many were stored. Re-implement to batch."""
+        return sum(self.put(key, value) for key, value in items)
+
     def prefix_length(self, keys: Sequence[BlockHash]) -> int:
         """How many of ``keys``, from the first, are all held: the usable prefix."""
         count = 0
@@ -347,6 +355,34 @@ class RedisTier(CacheTier):
             return [bool(n) for n in pipe.execute()]
 
         return self._guard(run, [False] * len(keys))
+
+    def get_many(self, keys: Sequence[BlockHash]) -> list[bytes | None]:
+        """One round trip for all keys (a pipeline of the hit script)."""
+
+        def run() -> list[bytes | None]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                self._get(keys=[self._key(key), *self._meta], args=[self._ttl_ms], client=pipe)
+            return [None if v is None else bytes(v) for v in pipe.execute()]
+
+        return self._guard(run, [None] * len(keys))
+
+    def put_many(self, items: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """One round trip for all blocks (a pipeline of the put script, each still atomic)."""
+
+        def run() -> list[int]:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in items:
+                self._put(
+                    keys=[self._key(key), *self._meta],
+                    args=[value, self._ttl_ms, self.config.capacity_bytes],
+                    client=pipe,
+                )
+            return [int(n) for n in pipe.execute()]
+
+        results = self._guard(run, [-1] * len(items))
+        self.stats.evictions += sum(n for n in results if n > 0)
+        return sum(n >= 0 for n in results)
 
     def remove(self, key: BlockHash) -> bool:
         return bool(self._guard(lambda: self._remove(keys=[self._key(key), *self._meta]), 0))

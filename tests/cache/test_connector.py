@@ -61,3 +61,28 @@ def test_redis_down_fails_no_request(tmp_path: Path, dead_redis_url: str) -> Non
     assert len(rows) == 2 and all(r["prompt_tokens"] > r["cached_tokens"] for r in rows)
     assert rows[1]["cached_tokens"] >= 128, "the memory tier still serves the reader"
     assert sum(side["faults"]["redis"] for side in served["cache_stats"].values()) >= 1
+
+
+def test_a_reader_on_another_engine_waits_for_the_writers_prefill(tmp_path: Path) -> None:
+    """Two engines on one Redis: the reader's request arrives while the writer still
+    computes the shared context; it waits for the writer's blocks instead of computing them."""
+    writer_role, reader_role = (p.name for p in shipped_family()[:2])
+    out = {name: tmp_path / f"{name}.json" for name in ("writer", "reader")}
+    ready = {name: tmp_path / f"{name}.ready" for name in ("writer", "reader")}
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        common = [*SERVED_COMMAND, "full-shared", server.url]
+        writer = subprocess.Popen([*common, str(out["writer"]), "--probe", writer_role, "--context-repeats", "6",
+                                   "--ready-file", str(ready["writer"]), "--wait-file", str(ready["reader"])])
+        reader = subprocess.Popen([*common, str(out["reader"]), "--probe", reader_role, "--context-repeats", "6",
+                                   "--ready-file", str(ready["reader"]), "--after-peer-claim"])
+        assert writer.wait(timeout=900) == 0 and reader.wait(timeout=900) == 0
+    written = json.loads(out["writer"].read_text())["rows"][0]
+    served = json.loads(out["reader"].read_text())
+    read = served["rows"][0]
+    assert written["cached_tokens"] == 0
+    assert read["prompt_tokens"] == written["prompt_tokens"] > 1024
+    assert served["cache_stats"]["scheduler"]["peer_waits"]["full-shared"] == 1
+    # All but the last block come from the writer: vLLM computes the last prompt token.
+    block = served["engine_block_size"]
+    assert read["cached_tokens"] >= (read["prompt_tokens"] - 1) // block * block
+    assert served["cache_stats"]["worker"]["hit_tokens"]["redis|full-shared"] == read["cached_tokens"]

@@ -105,7 +105,7 @@ def test_redis_down_serves_from_memory_and_counts_the_fault(dead_redis_url: str)
     assert match.tiers == ("memory",) * 3
     assert len(store.load(match, adapter="b", num_query_tokens=len(CONTEXT))) == 3
     assert store.lookup(list(range(50)), salt="tenant", adapter="b").num_tokens == 0
-    assert redis_tier.stats.faults >= 3
+    assert redis_tier.stats.faults >= 2  # the one batched write, then the second lookup
 
 
 def test_eviction_under_a_small_capacity_shortens_the_prefix() -> None:

@@ -116,3 +116,17 @@ def test_a_mirror_follows_the_memory_tier_it_listens_to() -> None:
     mirror.apply(changes)
     assert [mirror.contains(key(i)) for i in (1, 2, 3)] == [False, False, True]
     assert mirror.prefix_length([key(3)]) == 1 and mirror.get(key(3)) is None
+
+
+def test_batched_puts_and_gets_keep_lru_and_capacity(tier: CacheTier) -> None:
+    assert tier.put_many([(key(i), value(i)) for i in range(4)]) == 4
+    # The fourth value evicted the first, as four single puts would have.
+    assert tier.get_many([key(i) for i in range(4)]) == [None, value(1), value(2), value(3)]
+    assert tier.bytes_held() == 300
+
+
+def test_a_batched_write_to_redis_down_is_one_counted_fault(dead_redis_url: str) -> None:
+    redis_tier = RedisTier(redis_config(retry_after_s=0), url=dead_redis_url)
+    assert redis_tier.put_many([(key(i), value(i)) for i in range(3)]) == 0
+    assert redis_tier.get_many([key(0), key(1)]) == [None, None]
+    assert redis_tier.stats.faults == 2

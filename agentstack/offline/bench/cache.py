@@ -220,16 +220,54 @@ def _reference(model_dir: Path, cases: list[ReferenceCase]) -> dict[str, dict[st
     return totals
 
 
+@dataclass(frozen=True, slots=True)
+class PeerSync:
+    """When a served engine sends its probe, relative to another engine on the same Redis.
+
+    ``ready`` is written once this engine is warm; the probe waits for every file in
+    ``wait_for``, then (``after_peer_claim``) until some engine claims blocks in flight,
+    so its requests arrive while that engine is still computing the context.
+    """
+
+    ready: Path | None = None
+    wait_for: tuple[Path, ...] = ()
+    after_peer_claim: bool = False
+    timeout_s: float = 300.0
+
+    async def before_probe(self, redis_url: str | None) -> None:
+        if self.ready is not None:
+            self.ready.write_text("ready")
+        deadline = time.monotonic() + self.timeout_s
+        while not all(path.exists() for path in self.wait_for):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"peers not ready: {self.wait_for}")
+            await asyncio.sleep(0.05)
+        if self.after_peer_claim:
+            import redis
+
+            from cache.modes import RedisTierConfig
+
+            client = redis.Redis.from_url(str(redis_url))
+            pattern = f"{{{RedisTierConfig().prefix}}}:inflight:*"
+            while not next(iter(client.scan_iter(match=pattern, count=1000)), None):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no peer claimed blocks in flight")
+                await asyncio.sleep(0.002)
+            client.close()
+
+
 def served_mode(
     mode: str, redis_url: str | None, out: Path, *, probe: tuple[str, ...] = (), prompts: int = 1,
     min_context_tokens: int = MIN_CONTEXT_TOKENS, isolate: bool = False, together: bool = False,
+    context_repeats: int = 1, peer: PeerSync = PeerSync(),
 ) -> None:
     """One engine with `cache.mode = mode`: warm the adapters, then the measured workload.
 
     The BFCL workload by default; with ``probe`` roles, the probe: the first role reads
-    the probe context then its question, then each other role, one token each; with
-    ``together``, all roles' requests are sent at once (roles arriving concurrently).
-    ``isolate`` gives every role its own cache salt, so none can reuse another's prefix.
+    the probe context (``context_repeats`` times over) then its question, then each other
+    role, one token each; with ``together``, all roles' requests are sent at once (roles
+    arriving concurrently). ``isolate`` gives every role its own cache salt, so none can
+    reuse another's prefix. ``peer`` times the probe against another engine's.
     """
     from agentstack.engine import Engine, SchedulerSnapshot
     from agentstack.model_prep import prepare
@@ -260,7 +298,9 @@ def served_mode(
         blocks_before = await engine.cached_blocks()
         started = time.perf_counter()
         if probe:
-            context = engine.text_prompt(PROBE_CONTEXT)
+            await peer.before_probe(redis_url)
+            started = time.perf_counter()
+            context = engine.text_prompt(PROBE_CONTEXT * context_repeats)
             completer = RecordingCompleter(engine, adapters, 0, settings.cache.block_size, isolate)
             prompts_of = {role: context + engine.text_prompt("\n" + PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)])
                           for i, role in enumerate(roles)}
