@@ -12,7 +12,8 @@ and the single writer then read.
   workload throughput, BFCL checker accuracy of the calls written, and the readers' first
   token against non-shared (agreement, and KL over the top ``TOP_LOGPROBS``) on prompts
   identical in both modes, and a reader's TTFT on a context another role computed
-  against its TTFT on one it computed itself (``reader_ttfts``).
+  against its TTFT on one it computed itself (``reader_ttfts``), and the tokens prefilled
+  when the three roles' requests on one toolbox arrive at once (``concurrent_prefill``).
 - **Reference** (pure PyTorch, every mode, all layers): each reader's next-token
   distributions over the rest of its prompt and its ground-truth answer after (a) its own
   prefill of the context (non-shared), (b) the writer's K and V (full-shared), (c) the
@@ -51,7 +52,7 @@ from agentstack.offline.bench.cache_workload import (
     run_prompt,
     toolbox_prompts,
 )
-from agentstack.chat.tool_prompts import arguments_messages, function_names, selector_messages
+from agentstack.chat.tool_prompts import arguments_messages, function_names, selector_messages, single_messages
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
 
@@ -131,6 +132,10 @@ class ModeRow:
     """Those blocks' paged bytes over the context tokens the writer read."""
     reader_ttft_cross_role_s: float | None = None
     reader_ttft_same_role_s: float | None = None
+    concurrent_prefill_tokens: float | None = None
+    """Tokens the engine prefilled per toolbox when the three roles' requests arrive at once
+    (``concurrent_prefill``)."""
+    concurrent_prefill_vs_non_shared: float | None = None
     reader_ttft_vs_same_role_hit: float | None = None
     """Median TTFT of a reader on a context another role computed over its median TTFT on
     one it computed itself (``reader_ttfts``): 1 when sharing across roles is as good as
@@ -168,6 +173,7 @@ class CacheBenchResult:
                     "engine_blocks_per_prompt": row.engine_blocks_per_prompt,
                     "engine_bytes_per_shared_token": row.engine_bytes_per_shared_token,
                     "reader_ttft_vs_same_role_hit": row.reader_ttft_vs_same_role_hit,
+                    "concurrent_prefill_vs_non_shared": row.concurrent_prefill_vs_non_shared,
                     "details": asdict(row),
                 }
                 for row in self.rows
@@ -330,6 +336,8 @@ def served_mode(
         if not probe:
             result["reader_ttfts"] = await reader_ttfts(engine, adapters, toolboxes[:READER_TTFT_ROUNDS],
                                                         settings.cache.block_size)
+            result["concurrent"] = await concurrent_prefill(engine, adapters, toolboxes,
+                                                            settings.cache.block_size)
 
     try:
         asyncio.run(run())
@@ -361,6 +369,27 @@ async def reader_ttfts(engine: Engine, adapters: dict[str, Adapter], toolboxes: 
         cold, cross, same = (r.ttft_s for r in completer.records)
         ttfts.append({"cold_s": cold, "cross_role_s": cross, "same_role_s": same})
     return ttfts
+
+
+CONCURRENT_SALT_BASE = 20_000
+
+
+async def concurrent_prefill(engine: Engine, adapters: dict[str, Adapter], toolboxes: list[ToolboxPrompt],
+                             block_size: int) -> list[dict[str, int]]:
+    """Per toolbox, under a salt of its own, the selector's, the argument writer's and the
+    single writer's requests sent at once (roles arriving concurrently): the prompt tokens
+    the engine prefilled for the three. Run after the workload, like ``reader_ttfts``."""
+    counts = []
+    for i, toolbox in enumerate(toolboxes):
+        completer = RecordingCompleter(engine, adapters, CONCURRENT_SALT_BASE + i, block_size)
+        messages, tools = toolbox.example.messages, toolbox.tools
+        prompts = {BFCL_ROLES[0]: selector_messages(messages, tools),
+                   ARGUMENTS_ROLE: arguments_messages(messages, tools, function_names(tools)[0]),
+                   BFCL_ROLES[2]: single_messages(messages, tools)}
+        await asyncio.gather(*(completer.request(role, engine.chat_prompt(m), 1) for role, m in prompts.items()))
+        counts.append({"prompt_tokens": sum(r.prompt_tokens for r in completer.records),
+                       "prefill_tokens": sum(r.prompt_tokens - r.cached_tokens for r in completer.records)})
+    return counts
 
 
 def _run_served(prompts: int, min_context_tokens: int) -> dict[str, Any]:
@@ -424,6 +453,11 @@ def _served_figures(row: ModeRow, served: dict[str, Any]) -> None:
         row.reader_ttft_cross_role_s = _percentile([t["cross_role_s"] for t in run["reader_ttfts"]], 50)
         row.reader_ttft_same_role_s = _percentile([t["same_role_s"] for t in run["reader_ttfts"]], 50)
         row.reader_ttft_vs_same_role_hit = round(row.reader_ttft_cross_role_s / row.reader_ttft_same_role_s, 3)
+    if run.get("concurrent"):
+        prefilled = sum(c["prefill_tokens"] for c in run["concurrent"])
+        row.concurrent_prefill_tokens = prefilled / len(run["concurrent"])
+        alone = sum(c["prefill_tokens"] for c in served["non-shared"].get("concurrent", []))
+        row.concurrent_prefill_vs_non_shared = round(prefilled / alone, 3) if alone else None
     row.served_reader_ttft_s = sum(r["ttft_s"] for r in readers) / len(readers)
     row.served_throughput_tok_s = sum(r["prompt_tokens"] + r["generated_tokens"] for r in rows) / run["workload_s"]
     outcomes = run["outcomes"]
@@ -497,6 +531,7 @@ def write_report(result: CacheBenchResult) -> None:
             cell(r.engine_blocks_per_prompt, ".1f"), cell(r.engine_bytes_per_shared_token, ".0f"),
             cell(r.reader_ttft_cross_role_s, ".3f"), cell(r.reader_ttft_same_role_s, ".3f"),
             cell(r.reader_ttft_vs_same_role_hit, ".2f"),
+            cell(r.concurrent_prefill_tokens, ".0f"), cell(r.concurrent_prefill_vs_non_shared, ".3f"),
         ]
         for r in result.rows
     ]
@@ -535,7 +570,8 @@ def write_report(result: CacheBenchResult) -> None:
              "agent accuracy", "single accuracy", "KL vs non-shared (reference)", "top-1 agreement (reference)",
              "first-token agreement (served)", "first-token KL, top-20 (served)",
              "engine blocks/prompt (block pool)", "engine bytes/shared token",
-             "reader TTFT, other role's context s", "reader TTFT, own context s", "cross-role / same-role"],
+             "reader TTFT, other role's context s", "reader TTFT, own context s", "cross-role / same-role",
+             "prefill tokens, roles at once", "roles at once vs non-shared"],
             rows,
         ),
         "",
@@ -548,7 +584,8 @@ def write_report(result: CacheBenchResult) -> None:
         "the workload, per prompt (every role's copies), and their paged bytes per context token.",
         f"Reader TTFT (medians over {READER_TTFT_ROUNDS} toolboxes, each under its own salt): the argument",
         "writer on a context the selector computed, against the argument writer on a context it",
-        "computed itself, each with a suffix of its own to prefill.",
+        "computed itself, each with a suffix of its own to prefill. Roles at once: per toolbox, under",
+        "its own salt, the three roles' requests sent together; prompt tokens the engine prefilled.",
         "",
         *([f"![bench cache]({plot.name})", ""] if plot else []),
     ])

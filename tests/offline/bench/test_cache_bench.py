@@ -93,6 +93,19 @@ def test_reader_ttft_ratio_is_of_medians() -> None:
     assert row.reader_ttft_vs_same_role_hit == 1.5
 
 
+def test_concurrent_prefill_is_compared_with_non_shared() -> None:
+    rows = [_record(0, "selector", "s", 0, 1), _record(0, "arguments", "a", 960, 2)]
+    run = {"rows": rows, "workload_s": 5.0, "cache_stats": {}, "stored_blocks": 0, "block_size": 32,
+           "outcomes": [{"agent_correct": True, "single_correct": True}]}
+    alone = {**run, "concurrent": [{"prompt_tokens": 3000, "prefill_tokens": 3000}] * 2}
+    shared = {**run, "concurrent": [{"prompt_tokens": 3000, "prefill_tokens": 1100},
+                                    {"prompt_tokens": 3000, "prefill_tokens": 1000}]}
+    row = ModeRow("decomposed", 23040, 23040, 0.333, 0.1, 0.9)
+    _served_figures(row, {"non-shared": alone, "decomposed": shared})
+    assert row.concurrent_prefill_tokens == 1050
+    assert row.concurrent_prefill_vs_non_shared == 0.35
+
+
 @pytest.mark.slow
 def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
     out = tmp_path / "decomposed.json"
@@ -111,3 +124,6 @@ def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_se
     assert served["engine_blocks"] < 2 * writer_blocks, "the readers read the selector's engine blocks in place"
     [ttft] = served["reader_ttfts"]
     assert ttft["cross_role_s"] < ttft["cold_s"] / 2, "the argument writer read the selector's context"
+    [together] = served["concurrent"]
+    # Three roles arriving at once prefill the toolbox once (plus each role's own tail).
+    assert together["prefill_tokens"] < together["prompt_tokens"] / 3 + 3 * 64
