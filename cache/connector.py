@@ -101,8 +101,10 @@ CONNECTOR_NAME = "SharedPrefixConnector"
 MODULE_PATH = __name__
 STATS_INTERVAL_S = 1.0
 PEER_POLL_S = 0.01
-"""While a request waits for another engine's blocks, the scheduler pauses this long per
-lookup, so an engine with nothing else to run does not spin on Redis."""
+"""While a request waits for another engine's blocks, Redis is asked this often."""
+PEER_IDLE_S = 0.001
+"""...and each scheduler step that skips it pauses this long, so an engine with nothing
+else to run does not spin at full speed (a decode step takes tens of milliseconds)."""
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 # Kernel variants whose paged K is head-major inside a block (``[kv_heads, head_size,
@@ -262,8 +264,9 @@ class _Save:
 class SharedPrefixMetadata(KVConnectorMetadata):
     loads: list[_Load] = field(default_factory=list)
     saves: list[_Save] = field(default_factory=list)
-    preempted: bool = False
-    """Some request was preempted this step: its blocks are free to reuse at once."""
+    preempted: set[str] = field(default_factory=set)
+    """Requests preempted this step: their blocks are free to reuse at once, and their
+    saves so far are finished (a preempted request is never reported as sending)."""
 
 
 @dataclass(slots=True)
@@ -282,6 +285,7 @@ class _Tracked:
     claimed: range = range(0)
     """Indices of ``hashes`` this engine claimed as in flight."""
     peer_wait_since: float | None = None
+    peer_polled_at: float = 0.0
     peer_wait_over: bool = False
 
 
@@ -409,13 +413,18 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         An asynchronous load writes blocks no running request reads: vLLM caches (shares)
         them only after the load is reported finished.
         """
-        blocks = self._store.load(load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens)
-        for block, block_id in zip(blocks, load.block_ids):
-            k, v = self._paged_form(block)
-            for layer in range(len(self._kv_caches)):
-                self._write_block(layer, block_id, k[layer], v[layer])
-        with self._errors_lock:
-            self._load_errors.update(load.block_ids[len(blocks) :])
+        loaded = 0
+        try:
+            blocks = self._store.load(load.match, adapter=load.reader, num_query_tokens=load.num_query_tokens)
+            for block, block_id in zip(blocks, load.block_ids):
+                k, v = self._paged_form(block)
+                for layer in range(len(self._kv_caches)):
+                    self._write_block(layer, block_id, k[layer], v[layer])
+                loaded += 1
+        finally:
+            # Whatever was not written (a vanished block, or a failure) is recomputed.
+            with self._errors_lock:
+                self._load_errors.update(load.block_ids[loaded:])
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return None
@@ -436,6 +445,8 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         if isinstance(kv_connector_metadata, SharedPrefixMetadata) and kv_connector_metadata.preempted:
             assert self._saves is not None
             self._saves.drain()
+            self._saves.take_done(kv_connector_metadata.preempted)
+            self._saving -= kv_connector_metadata.preempted
 
     def wait_for_save(self) -> None:
         """Queue this step's saves; the request keeps its blocks until they are done."""
@@ -448,22 +459,26 @@ class SharedPrefixConnector(KVConnectorBase_V1):
 
     def _save(self, save: _Save) -> None:
         """Copy the computed blocks out, compact them, write them through every tier at once."""
-        hashes, blocks = [], []
-        for key, block_id in zip(save.hashes, save.block_ids):
-            if self._store.holds(key):
-                continue
-            layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
-            blocks.append(
-                self._stored_form(
-                    torch.stack([k for k, _ in layers]),
-                    torch.stack([v for _, v in layers]),
-                    save.writer,
+        try:
+            hashes, blocks = [], []
+            for key, block_id in zip(save.hashes, save.block_ids):
+                if self._store.holds(key):
+                    continue
+                layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
+                blocks.append(
+                    self._stored_form(
+                        torch.stack([k for k, _ in layers]),
+                        torch.stack([v for _, v in layers]),
+                        save.writer,
+                    )
                 )
-            )
-            hashes.append(key)
-        self._store.put(hashes, blocks)
-        with self._changes_lock:
-            self._stored.extend(save.hashes)
+                hashes.append(key)
+            self._store.put(hashes, blocks)
+        finally:
+            # Reported even when the save failed: the scheduler then drops its claims, and a
+            # peer waiting for these blocks stops waiting and computes them.
+            with self._changes_lock:
+                self._stored.extend(save.hashes)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """Finished requests whose saves are done (their blocks may be freed), and requests
@@ -550,7 +565,12 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         if loadable <= start:
             return 0, False
         match = self._store.match(tracked.hashes[:loadable])
-        if len(match.hashes) < loadable and self._waits_for_peer(tracked, tracked.hashes[len(match.hashes)]):
+        next_block = max(len(match.hashes), start)
+        if (
+            next_block < loadable
+            and not request.skip_reading_prefix_cache
+            and self._waits_for_peer(tracked, tracked.hashes[next_block])
+        ):
             return None, False
         num_blocks = len(match.hashes) - start
         if num_blocks <= 0:
@@ -569,18 +589,26 @@ class SharedPrefixConnector(KVConnectorBase_V1):
 
         A request waits once, at most ``redis.inflight_wait_s``; then (or when the claim is
         gone: saved, or its engine died) it takes what the tiers hold and computes the rest.
+        Redis is asked at most every ``PEER_POLL_S`` per request.
         """
         if self._claims is None or tracked.peer_wait_over:
             return False
         now = time.monotonic()
-        waited_too_long = tracked.peer_wait_since is not None and now - tracked.peer_wait_since > self._peer_wait_s
-        if waited_too_long or not self._claims.claimed_by_another(next_block):
+        if tracked.peer_wait_since is not None:
+            if now - tracked.peer_wait_since > self._peer_wait_s:
+                tracked.peer_wait_over = True
+                return False
+            if now - tracked.peer_polled_at < PEER_POLL_S:
+                time.sleep(PEER_IDLE_S)
+                return True
+        tracked.peer_polled_at = now
+        if not self._claims.claimed_by_another(next_block):
             tracked.peer_wait_over = tracked.peer_wait_since is not None
             return False
         if tracked.peer_wait_since is None:
             tracked.peer_wait_since = now
             self._store.stats.peer_waits[self._store.mode.value] += 1
-        time.sleep(PEER_POLL_S)
+        time.sleep(PEER_IDLE_S)
         return True
 
     def update_state_after_alloc(
@@ -598,7 +626,11 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             self._async_loads.append(request.request_id)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        meta = SharedPrefixMetadata(preempted=bool(scheduler_output.preempted_req_ids))
+        meta = SharedPrefixMetadata(preempted=set(scheduler_output.preempted_req_ids or ()))
+        for req_id in meta.preempted:
+            # The worker finishes its saves before the blocks are reused: nothing to report.
+            if (tracked := self._tracked.get(req_id)) is not None:
+                tracked.has_saves = False
         for req_id in self._async_loads:
             tracked = self._tracked.get(req_id)
             if tracked is not None:
@@ -675,12 +707,21 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         tracked.has_saves = True
 
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        if connector_output.invalid_block_ids:
+            self._forget_failed_loads(connector_output.invalid_block_ids)
         update = connector_output.kv_connector_worker_meta
         if isinstance(update, ResidencyUpdate) and self._mirror is not None:
             self._mirror.apply(update.changes)
             if self._claims is not None and update.stored:
                 # Saved through every tier: whoever waits for them finds them now.
                 self._claims.release(update.stored)
+
+    def _forget_failed_loads(self, invalid_block_ids: set[int]) -> None:
+        """Blocks that failed to load are recomputed: save them again once they are."""
+        for tracked in self._tracked.values():
+            failed = [i for i, block_id in enumerate(tracked.block_ids) if block_id in invalid_block_ids]
+            if failed:
+                tracked.num_saved_blocks = min(tracked.num_saved_blocks, failed[0])
 
     def request_finished(
         self, request: Request, block_ids: list[int]

@@ -125,8 +125,10 @@ _SEP = "|"
 
 def stats_payload(stats: CacheStats, tiers: Mapping[str, TierView]) -> dict[str, Any]:
     """Cumulative counters as plain JSON-able dicts, to cross a process boundary."""
+    # dict() copies in one step under the GIL: the connector's load thread may add keys
+    # while this runs.
     return {
-        "hit_tokens": {f"{t}{_SEP}{m}": n for (t, m), n in stats.hit_tokens.items()},
+        "hit_tokens": {f"{t}{_SEP}{m}": n for (t, m), n in dict(stats.hit_tokens).items()},
         "miss_tokens": dict(stats.miss_tokens),
         "cross_role_reuses": dict(stats.cross_role_reuses),
         "peer_waits": dict(stats.peer_waits),

@@ -10,6 +10,7 @@ this one after a restart) finds the prefix in Redis.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ class KVCacheStore:
         self.hasher = hasher
         self.tiers: tuple[CacheTier, ...] = tuple(tiers)
         self.stats = CacheStats()
+        # Loads run on the engine's thread and on the connector's load thread.
+        self._stats_lock = threading.Lock()
 
     @classmethod
     def from_config(
@@ -150,7 +153,7 @@ class KVCacheStore:
             num_query_tokens: the prompt tokens the caller looked up (hits + misses).
         """
         by_name = {tier.name: tier for tier in self.tiers}
-        blocks: list[Block] = []
+        blocks: list[tuple[str, Block]] = []
         # One batched read per tier (one Redis round trip for all its blocks).
         values: dict[BlockHash, bytes | None] = {}
         for tier_name in dict.fromkeys(match.tiers):
@@ -172,14 +175,16 @@ class KVCacheStore:
                 if upper is tier:
                     break
                 upper.put(key, value)
-            blocks.append(block)
-            self.stats.hit_tokens[(tier.name, self.mode.value)] += block.num_tokens
-        hit = sum(b.num_tokens for b in blocks)
-        self.stats.miss_tokens[self.mode.value] += max(0, num_query_tokens - hit)
+            blocks.append((tier.name, block))
+        hit = sum(b.num_tokens for _, b in blocks)
         reader = adapter or BASE_WRITER
-        if any(b.writer != reader for b in blocks):
-            self.stats.cross_role_reuses[self.mode.value] += 1
-        return blocks
+        with self._stats_lock:
+            for tier_name, block in blocks:
+                self.stats.hit_tokens[(tier_name, self.mode.value)] += block.num_tokens
+            self.stats.miss_tokens[self.mode.value] += max(0, num_query_tokens - hit)
+            if any(b.writer != reader for _, b in blocks):
+                self.stats.cross_role_reuses[self.mode.value] += 1
+        return [b for _, b in blocks]
 
     def save(
         self, token_ids: Sequence[int], blocks: Sequence[Block], *, salt: str, adapter: str | None

@@ -119,7 +119,6 @@ class MemoryTier(CacheTier):
     def put(self, key: BlockHash, value: bytes) -> bool:
         if len(value) > self.capacity_bytes:
             return False
-        evicted: list[BlockHash] = []
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -130,12 +129,14 @@ class MemoryTier(CacheTier):
                 victim_key, victim = self._entries.popitem(last=False)
                 self._bytes -= len(victim)
                 self.stats.evictions += 1
-                evicted.append(victim_key)
-        if self._on_change is not None:
-            for victim_key in evicted:
-                self._on_change(victim_key, False)
-            self._on_change(key, True)
+                self._changed(victim_key, False)
+            self._changed(key, True)
         return True
+
+    def _changed(self, key: BlockHash, held: bool) -> None:
+        """Report under the lock, so listeners see changes in the order they happened."""
+        if self._on_change is not None:
+            self._on_change(key, held)
 
     def contains(self, key: BlockHash) -> bool:
         return key in self._entries
@@ -146,8 +147,7 @@ class MemoryTier(CacheTier):
             if value is None:
                 return False
             self._bytes -= len(value)
-        if self._on_change is not None:
-            self._on_change(key, False)
+            self._changed(key, False)
         return True
 
     def bytes_held(self) -> int:
