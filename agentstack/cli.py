@@ -322,7 +322,8 @@ def bench_cache_served(
     out: Annotated[Path, typer.Argument(help="JSON file the measurements go to.")],
     prompts: Annotated[int, typer.Option(help="BFCL workload prompts.")] = 1,
     min_context_tokens: Annotated[int, typer.Option(help="Toolbox size, BFCL workload.")] = 1024,
-    probe: Annotated[str, typer.Option(help="Comma-separated roles: the probe workload.")] = "",
+    probe: Annotated[str, typer.Option(
+        help="Comma-separated roles (packaged names, or name=adapter-dir): the probe workload.")] = "",
     isolate: Annotated[bool, typer.Option(help="One cache salt per role: no sharing.")] = False,
     together: Annotated[bool, typer.Option(help="Probe roles sent at once, not in turn.")] = False,
     context_repeats: Annotated[int, typer.Option(help="Probe context repeated this often.")] = 1,

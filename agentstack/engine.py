@@ -251,18 +251,17 @@ class Engine:
     async def load_adapter(self, adapter: Adapter) -> None:
         """Load into vLLM's adapter cache now, so a broken adapter fails here, not mid-request.
 
-        In decomposed mode an adapter must share the cache's v_proj lora_A (or have none).
+        In decomposed mode an adapter outside the shared-A family (another v_proj lora_A, a
+        merged mixture of roles, LoRA on k_proj) is served with cache blocks of its own.
         """
         try:
             modules = adapter_modules(adapter.path)
         except Exception as e:  # unreadable weights or config: safetensors and json raise their own types
             raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
         check_adapter_targets(adapter.name, modules, self.settings.lora_target_modules)
-        if self._shared_a is not None:
-            try:
-                self._shared_a.check_role(adapter.path)
-            except (ValueError, OSError) as e:
-                raise AdapterLoadError(f"cannot load adapter {adapter.name!r}: {e}") from e
+        if self._shared_a is not None and not self._shared_a.is_member(adapter.path):
+            logger.info("adapter %r is outside the shared-A family of %s: it gets cache blocks of its own",
+                        adapter.name, self._shared_a.adapter.name)
         try:
             ok = await self.llm.add_lora(adapter.lora_request())
         except Exception as e:  # vLLM raises assorted types for unreadable adapters

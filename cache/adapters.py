@@ -8,6 +8,7 @@ namespace, so a block of x·A computed with one A is never read with another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -70,22 +71,22 @@ class SharedA:
         config = json.loads((adapter_dir / _CONFIG).read_text())
         return cls(adapter_dir.resolve(), int(config["r"]), shared_a_fingerprint(adapter_dir))
 
-    def check_role(self, adapter_dir: Path) -> None:
-        """Refuse an adapter the decomposed cache cannot serve exactly.
+    def is_member(self, adapter_dir: Path) -> bool:
+        """Whether the adapter's cached blocks equal every family member's: no k_proj LoRA,
+        and its v_proj lora_A is the shared A (or it has no v_proj LoRA: its B is zero)."""
+        return in_family(adapter_dir, self.fingerprint)
 
-        An adapter without v_proj LoRA is fine (its B is zero).
 
-        Raises:
-            ValueError: it adapts k_proj, or its v_proj lora_A is not the shared one.
-        """
-        try:
-            fingerprint = shared_a_fingerprint(adapter_dir)
-        except ValueError as e:
-            if "no v_proj LoRA" in str(e):
-                return
-            raise
-        if fingerprint != self.fingerprint:
-            raise ValueError(
-                f"{adapter_dir.name}'s v_proj lora_A is not the shared A of {self.adapter.name}: "
-                "a decomposed cache serves only adapters of one shared-A family"
-            )
+def in_family(adapter_dir: Path, fingerprint: str) -> bool:
+    """``SharedA.is_member`` by the family's fingerprint. The scheduler asks for every
+    request: the answer is kept per adapter directory and weights file version."""
+    weights = adapter_dir / _WEIGHTS
+    return _in_family(adapter_dir, weights.stat().st_mtime_ns if weights.exists() else 0, fingerprint)
+
+
+@functools.lru_cache(maxsize=256)
+def _in_family(adapter_dir: Path, version: int, fingerprint: str) -> bool:
+    try:
+        return shared_a_fingerprint(adapter_dir) == fingerprint
+    except ValueError as e:
+        return "no v_proj LoRA" in str(e)

@@ -63,6 +63,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -75,7 +76,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
 from cache.index import BlockHash
-from cache.adapters import SharedA
+from cache.adapters import SharedA, in_family
 from cache.inflight import InflightClaims
 from cache.layout import Block, BlockLayout, DecomposedBlock, KVBlock, ModelShape
 from cache.modes import CacheConfig
@@ -344,10 +345,13 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         # Scheduler: claims on blocks in flight, shared with the other engines.
         self._claims = _inflight_claims(vllm_config, config) if self._mirror is not None else None
         self._peer_wait_s = config.redis.inflight_wait_s
+        decomposed = self._kv_transfer_config.kv_connector_extra_config.get("decomposed")
+        self._family = str(decomposed["shared_a"]) if decomposed else None
         if self._mirror is not None and not self._store.mode.keyed_by_adapter:
             # The scheduler keys the engine's own prefix cache too: one paged copy per
-            # context for every role, so this connector is needed only across engines.
-            install_shared_block_keys()
+            # context for every role that can share it, so this connector is needed only
+            # across engines.
+            install_shared_block_keys(shares=self._shares_blocks)
         self._head_dim = self._store.layout.shape.head_dim
         self._rank = self._store.layout.rank
         self._tracked: dict[str, _Tracked] = {}
@@ -544,11 +548,20 @@ class SharedPrefixConnector(KVConnectorBase_V1):
 
     ##### Scheduler side #####
 
+    def _shares_blocks(self, request: Request) -> bool:
+        """Whether the request's blocks are every role's: always in full-shared mode; in
+        decomposed mode for the base model and adapters of the shared-A family."""
+        lora = request.lora_request
+        return self._family is None or lora is None or in_family(Path(lora.lora_path), self._family)
+
     def on_new_request(self, request: Request) -> None:
         tokens = list(request.prompt_token_ids or [])
         reader = _adapter_name(request.lora_request)
+        own_keys = not self._store.mode.keyed_by_adapter and not self._shares_blocks(request)
         self._tracked[request.request_id] = _Tracked(
-            hashes=self._store.block_hashes(tokens, salt=request.cache_salt or "", adapter=reader),
+            hashes=self._store.block_hashes(
+                tokens, salt=request.cache_salt or "", adapter=reader, own_keys=own_keys
+            ),
             reader=reader,
             num_prompt_tokens=len(tokens),
         )

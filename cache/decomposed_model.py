@@ -169,21 +169,42 @@ class DecomposedLlamaAttention(nn.Module):
         k, _ = self.k_proj(hidden_states)
         # The wrapped layer's own forward would add this role's s·x·A·B into V.
         v_base, _ = getattr(self.v_proj, "base_layer", self.v_proj)(hidden_states)
+        xa = hidden_states @ self.shared_a.T
+        slots = lora_slots(self.v_proj, t)
+        if slots is not None:
+            # An adapter outside the family caches its own finished V and no x·A (its
+            # blocks are keyed by adapter, so no other role reads them): plain LoRA.
+            outside = self._outside_family(slots)
+            v_own, _ = self.v_proj(hidden_states)
+            v_base = torch.where(outside[:, None], v_own, v_base)
+            xa = xa * (~outside).to(xa.dtype)[:, None]
         q, k = self.rotary_emb(positions, q, k)
         pad = self.padded - d
         q = F.pad(q.view(t, self.num_heads, d), (0, pad))
         k = F.pad(k.view(t, self.num_kv_heads, d), (0, pad))
         v = hidden_states.new_zeros(t, self.num_kv_heads, self.padded)
         v[..., :d] = v_base.view(t, self.num_kv_heads, d)
-        v[..., d : d + r] = (hidden_states @ self.shared_a.T)[:, None, :]
+        v[..., d : d + r] = xa[:, None, :]
         packed = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1))
         packed = packed.view(t, self.num_heads, self.padded)
-        attended = packed[..., :d] + self._low_rank(packed[..., d : d + r])
+        attended = packed[..., :d] + self._low_rank(packed[..., d : d + r], slots)
         output, _ = self.o_proj(attended.reshape(t, self.num_heads * d))
         return output
 
-    def _low_rank(self, pxa: torch.Tensor) -> torch.Tensor:
-        slots = lora_slots(self.v_proj, pxa.shape[0])
+    def _outside_family(self, slots: torch.Tensor) -> torch.Tensor:
+        """Per token, whether its adapter's v_proj lora_A is neither the shared A nor empty.
+
+        Read from vLLM's own slot table (``lora_a_stacked``: ``[slots, 1, max_rank,
+        hidden]``), with fixed shapes and no host sync, like ``low_rank_values``.
+        """
+        a = self.v_proj.lora_a_stacked[0][:, 0]
+        head, rest = a[:, : self.rank], a[:, self.rank :]
+        shared = (head == self.shared_a.to(a.dtype)).flatten(1).all(1)
+        empty = (head == 0).flatten(1).all(1)
+        member = (shared | empty) & (rest == 0).flatten(1).all(1)
+        return (slots >= 0) & ~member[slots.clamp(min=0)]
+
+    def _low_rank(self, pxa: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         if slots is None:
             return pxa.new_zeros(*pxa.shape[:2], self.head_dim)
         # vLLM keeps each active adapter's v_proj B, with its scale folded in, per slot:

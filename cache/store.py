@@ -110,15 +110,19 @@ class KVCacheStore:
 
     ##### Public API #####
 
-    def block_hashes(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> list[BlockHash]:
+    def block_hashes(
+        self, token_ids: Sequence[int], *, salt: str, adapter: str | None, own_keys: bool = False
+    ) -> list[BlockHash]:
         """Chained hashes of the full blocks of ``token_ids`` (see ``cache.index``).
 
         Args:
             token_ids: the prompt.
             salt: the tenant salt; blocks saved under another salt never match.
-            adapter: the role's adapter (None: base model). Only non-shared mode keys by it.
+            adapter: the role's adapter (None: base model). Only non-shared mode keys by it...
+            own_keys: ...or an adapter whose blocks no other role may read (decomposed
+                mode, an adapter outside the shared-A family).
         """
-        keyed = (adapter or BASE_WRITER) if self.mode.keyed_by_adapter else None
+        keyed = (adapter or BASE_WRITER) if self.mode.keyed_by_adapter or own_keys else None
         return self.hasher.block_hashes(token_ids, salt=salt, adapter=keyed)
 
     def lookup(self, token_ids: Sequence[int], *, salt: str, adapter: str | None) -> MatchResult:

@@ -12,6 +12,7 @@ plugin imports no model code.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,23 @@ def patch_applies(patch: str, without_it: str, vllm_version: str | None = None) 
     return False
 
 
-def _no_adapter_keys(request: Any) -> list[tuple[str, str, str]]:
+class SharedBlockKeys:
     """Replaces ``kv_cache_utils._gen_lora_extra_hash_keys``: a block's key leaves the
-    adapter out (tokens, parent block and tenant salt remain)."""
-    return []
+    adapter out (tokens, parent block and tenant salt remain) for requests whose adapter
+    ``shares`` blocks; any other adapter keeps vLLM's own key."""
+
+    def __init__(self, stock: Callable[[Any], list[Any]], shares: Callable[[Any], bool]) -> None:
+        self.stock = stock
+        self.shares = shares
+
+    def __call__(self, request: Any) -> list[Any]:
+        return [] if self.shares(request) else self.stock(request)
 
 
-def install_shared_block_keys(vllm_version: str | None = None) -> bool:
-    """One engine copy of a shared context for every role, in this engine process.
+def install_shared_block_keys(
+    vllm_version: str | None = None, *, shares: Callable[[Any], bool] | None = None
+) -> bool:
+    """One engine copy of a shared context for every role that can share it.
 
     vLLM keys each prefix-cache block by its tokens, the tenant salt and the LoRA adapter,
     so every role reading a context gets its own paged copy. In the shared cache modes a
@@ -98,19 +108,25 @@ def install_shared_block_keys(vllm_version: str | None = None) -> bool:
     cache's own tiers key them (``cache.store.block_hashes``): tokens and salt. A reader
     then finds the writer's blocks in engine memory and reads them in place.
 
-    Called by the connector's scheduler side in those modes only; `non-shared` engines
-    keep vLLM's keys. Returns whether the keys are shared (not on another vLLM release).
+    ``shares(request)`` says which requests may (default: all); in decomposed mode, those
+    of the shared-A family, while an adapter outside it keeps vLLM's per-adapter keys.
+    Called by the connector's scheduler side in the shared modes only; `non-shared`
+    engines keep vLLM's keys. Returns whether the keys are shared (not on another vLLM
+    release).
     """
     if not patch_applies("shared prefix-cache keys are", "each role keeps its own engine copy of a shared "
                          "context (the cache tiers still share it)", vllm_version):
         return False
     from vllm.v1.core import kv_cache_utils
 
-    kv_cache_utils._gen_lora_extra_hash_keys = _no_adapter_keys
+    stock = kv_cache_utils._gen_lora_extra_hash_keys
+    if isinstance(stock, SharedBlockKeys):
+        stock = stock.stock
+    kv_cache_utils._gen_lora_extra_hash_keys = SharedBlockKeys(stock, shares or (lambda request: True))
     return True
 
 
 def shared_block_keys_installed() -> bool:
     from vllm.v1.core import kv_cache_utils
 
-    return kv_cache_utils._gen_lora_extra_hash_keys is _no_adapter_keys
+    return isinstance(kv_cache_utils._gen_lora_extra_hash_keys, SharedBlockKeys)

@@ -47,13 +47,24 @@ def test_an_adapter_on_k_proj_is_refused(tmp_path: Path) -> None:
         shared_a_fingerprint(adapter)
 
 
-def test_decomposed_engine_accepts_only_the_shared_a_family(tmp_path: Path) -> None:
-    """What the engine checks before loading an adapter in decomposed mode."""
+def test_family_members_are_the_adapters_with_the_shared_a(tmp_path: Path) -> None:
+    """Which adapters a decomposed engine serves from shared blocks; the others it serves
+    with blocks of their own."""
     family = shipped_family()
     shared = SharedA.of(family[0])
     assert shared.rank == json.loads((family[0] / "adapter_config.json").read_text())["r"]
-    for member in family:
-        shared.check_role(member)
-    shared.check_role(copy_with(tmp_path, "new-b", "v_proj_b"))  # a new role trains only B
-    with pytest.raises(ValueError, match="not the shared A"):
-        shared.check_role(copy_with(tmp_path, "other-a", "v_proj_a"))
+    assert all(shared.is_member(member) for member in family)
+    assert shared.is_member(copy_with(tmp_path, "new-b", "v_proj_b")), "a new role trains only B"
+    other = copy_with(tmp_path, "other-a", "v_proj_a")
+    assert not shared.is_member(other)
+
+
+def test_membership_follows_an_adapter_replaced_in_place(tmp_path: Path) -> None:
+    shared = SharedA.of(shipped_family()[0])
+    role = copy_with(tmp_path, "role", "v_proj_b")
+    assert shared.is_member(role)
+    weights = load_file(str(role / "adapter_model.safetensors"))
+    key = "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"
+    weights[key] = weights[key] * 2
+    save_file(weights, str(role / "adapter_model.safetensors"))
+    assert not shared.is_member(role)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from agentstack.offline.bench.cache import SERVED_COMMAND
+from cache.adapters import SharedA
 from cache.reference import ReferenceModel
 from tests.cache.conftest import shipped_family
 
@@ -39,8 +40,8 @@ STOCK_SANITY = 0.5
 """The stock engine must itself be close to the reference, or the reference is wrong."""
 
 
-def serve(mode: str, redis_url: str, out: Path, *extra: str) -> dict[str, Any]:
-    roles = ",".join(p.name for p in shipped_family()[:2])
+def serve(mode: str, redis_url: str, out: Path, *extra: str, roles: str = "") -> dict[str, Any]:
+    roles = roles or ",".join(p.name for p in shipped_family()[:2])
     subprocess.run(
         [*SERVED_COMMAND, mode, redis_url, str(out), "--probe", roles, *extra],
         check=True, timeout=600,
@@ -66,6 +67,53 @@ def test_decomposed_without_sharing_matches_lora_serving(tmp_path: Path, redis_u
     noise = max(stock_errors)
     assert noise < STOCK_SANITY, stock_errors
     assert max(decomposed_errors) <= NOISE_FACTOR * noise, (decomposed_errors, stock_errors)
+
+
+def test_an_adapter_outside_the_family_gets_blocks_of_its_own(
+    tmp_path: Path, redis_url: str, model_dir: Path
+) -> None:
+    """A role whose v_proj lora_A is not the shared A (here a shipped role with A doubled and
+    B halved in every layer: the same LoRA, another A) is served as plain LoRA from blocks
+    keyed by its adapter: it never reads the family's blocks, and it answers as the role
+    it copies does under ordinary serving."""
+    writer, role = shipped_family()[:2]
+    outside = _rescaled_copy(role, tmp_path / "outside")
+    assert not SharedA.of(writer).is_member(outside)
+    from agentstack.redis_server import EmbeddedRedis
+
+    ordinary = serve("non-shared", redis_url, tmp_path / "ordinary.json")
+    with EmbeddedRedis(tmp_path / "redis") as redis:  # no earlier test's blocks to load
+        served = serve("decomposed", redis.url, tmp_path / "decomposed.json", roles=f"{writer.name},outside={outside}")
+    assert ordinary["probe_prompts"] == served["probe_prompts"]
+    written, read = served["rows"]
+    assert written["cached_tokens"] == 0 and read["cached_tokens"] == 0, "no block shared across the family's edge"
+    context_blocks = written["prompt_tokens"] // served["engine_block_size"]
+    assert served["engine_blocks"] >= 2 * context_blocks - 1, "each keeps its own engine copy"
+    want = ordinary["rows"][1]
+    assert read["first_token"] == want["first_token"]
+    reference = ReferenceModel(model_dir, dtype=torch.float64)
+    expected = reference.forward(served["probe_prompts"][1], reference.load_role(role))[0][-1].log_softmax(-1)
+    top = expected.topk(5).indices.tolist()
+    noise = _largest_error(expected, want["logprobs"], top)
+    assert noise < STOCK_SANITY
+    assert _largest_error(expected, read["logprobs"], top) <= NOISE_FACTOR * noise
+
+
+def _rescaled_copy(adapter: Path, target: Path) -> Path:
+    """The same LoRA with another A: every v_proj lora_A doubled, lora_B halved (exact in bf16)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, target)
+    weights = load_file(str(target / "adapter_model.safetensors"))
+    for key in weights:
+        if ".v_proj.lora_A." in key:
+            weights[key] = weights[key] * 2
+        elif ".v_proj.lora_B." in key:
+            weights[key] = weights[key] / 2
+    save_file(weights, str(target / "adapter_model.safetensors"))
+    return target
 
 
 def _largest_error(expected: torch.Tensor, served: dict[str, float], tokens: list[int]) -> float:

@@ -38,3 +38,21 @@ def test_another_vllm_release_keeps_its_own_keys(stock_keys: None, caplog: pytes
     assert not install_shared_block_keys("0.33.0")
     assert not shared_block_keys_installed()
     assert "written for vLLM" in caplog.text
+
+
+def test_an_adapter_that_cannot_share_keeps_vllms_keys(stock_keys: None) -> None:
+    family = _request(LoRARequest("selector", 1, "/adapters/selector"))
+    outside = _request(LoRARequest("mixture", 2, "/adapters/mixture"))
+
+    def keys(request: SimpleNamespace) -> tuple | None:
+        return kv_cache_utils.generate_block_hash_extra_keys(request, 0, 16, 0)[0]
+
+    stock_outside = keys(outside)
+    assert install_shared_block_keys(
+        SUPPORTED_VLLM_VERSION, shares=lambda r: r.lora_request is None or r.lora_request.lora_name != "mixture"
+    )
+    assert keys(family) == keys(_request(None)) == (("cache_salt", "tenant-a"),)
+    assert keys(outside) == stock_outside != keys(family)
+    # Installing again (another engine in this process) wraps vLLM's keys, not our own.
+    assert install_shared_block_keys(SUPPORTED_VLLM_VERSION)
+    assert keys(outside) == keys(family)

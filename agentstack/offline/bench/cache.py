@@ -193,6 +193,12 @@ def _adapter(role: str) -> Path:
     return path
 
 
+def _probe_adapter(entry: str) -> tuple[str, Path]:
+    """A probe role: a packaged adapter's name, or ``name=directory`` for any other adapter."""
+    name, _, directory = entry.partition("=")
+    return name, Path(directory) if directory else _adapter(name)
+
+
 def _reference(model_dir: Path, cases: list[ReferenceCase]) -> dict[str, dict[str, float]]:
     """KL(non-shared ‖ mode) and top-1 agreement per mode, averaged over every reader."""
     from cache.adapters import group_by_shared_a
@@ -287,14 +293,15 @@ def served_mode(
 
     settings = Settings(cache={"mode": mode, "memory_capacity_bytes": SERVED_MEMORY_BYTES}, redis_url=redis_url,
                         kv_cache_space_gib=SERVED_KV_CACHE_GIB)
-    roles = probe or BFCL_ROLES
+    named = dict(map(_probe_adapter, probe)) if probe else {role: _adapter(role) for role in BFCL_ROLES}
+    roles = tuple(named)
     engine = Engine(settings, prepare(settings.models_dir).path, on_scheduler_stats=on_stats)
     engine.start()
     result: dict[str, Any] = {"mode": mode, "rows": [], "outcomes": [], "stored_blocks": 0,
                               "block_size": settings.cache.block_size, "probe_prompts": []}
 
     async def run() -> None:
-        adapters = {role: engine.new_adapter(role, _adapter(role)) for role in roles}
+        adapters = {role: engine.new_adapter(role, path) for role, path in named.items()}
         warm = RecordingCompleter(engine, adapters, round=-1, block_size=settings.cache.block_size)
         for role in adapters:
             await engine.load_adapter(adapters[role])
