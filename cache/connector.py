@@ -42,7 +42,9 @@ comparing served blocks with ``cache.reference``. Stored blocks are
 In ``decomposed`` mode the engine runs ``cache.decomposed_model``, whose paged blocks hold,
 per KV head, K zero-padded and ``[V_base | x·A | 0]`` at a wider head size; nothing in
 them depends on the role. The connector stores them compactly as ``DecomposedBlock``s
-(K, V_base, x·A once per token) and pads them back on load.
+(K, V_base, x·A once per token) and pads them back on load. An adapter outside the
+shared-A family caches its own V there (and no x·A): its blocks keep the adapter in their
+key, in the engine and in the tiers.
 
 vLLM's CPU build always runs the worker in its own process (it forces the multiprocess
 executor for OpenMP), so each side has its own store: the worker's holds the memory tier
