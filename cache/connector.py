@@ -579,6 +579,9 @@ class SharedPrefixConnector(KVConnectorBase_V1):
         start = num_computed_tokens // self._block_size
         if loadable <= start:
             return 0, False
+        if self._between_peer_polls(tracked):
+            time.sleep(PEER_IDLE_S)
+            return None, False
         match = self._store.match(tracked.hashes[:loadable])
         next_block = max(len(match.hashes), start)
         if (
@@ -604,18 +607,13 @@ class SharedPrefixConnector(KVConnectorBase_V1):
 
         A request waits once, at most ``redis.inflight_wait_s``; then (or when the claim is
         gone: saved, or its engine died) it takes what the tiers hold and computes the rest.
-        Redis is asked at most every ``PEER_POLL_S`` per request.
         """
         if self._claims is None or tracked.peer_wait_over:
             return False
         now = time.monotonic()
-        if tracked.peer_wait_since is not None:
-            if now - tracked.peer_wait_since > self._peer_wait_s:
-                tracked.peer_wait_over = True
-                return False
-            if now - tracked.peer_polled_at < PEER_POLL_S:
-                time.sleep(PEER_IDLE_S)
-                return True
+        if tracked.peer_wait_since is not None and now - tracked.peer_wait_since > self._peer_wait_s:
+            tracked.peer_wait_over = True
+            return False
         tracked.peer_polled_at = now
         if not self._claims.claimed_by_another(next_block):
             tracked.peer_wait_over = tracked.peer_wait_since is not None
@@ -625,6 +623,12 @@ class SharedPrefixConnector(KVConnectorBase_V1):
             self._store.stats.peer_waits[self._store.mode.value] += 1
         time.sleep(PEER_IDLE_S)
         return True
+
+    @staticmethod
+    def _between_peer_polls(tracked: _Tracked) -> bool:
+        """A request waiting for a peer asks the tiers and Redis at most every ``PEER_POLL_S``."""
+        waiting = tracked.peer_wait_since is not None and not tracked.peer_wait_over
+        return waiting and time.monotonic() - tracked.peer_polled_at < PEER_POLL_S
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int

@@ -69,6 +69,32 @@ def test_decomposed_without_sharing_matches_lora_serving(tmp_path: Path, redis_u
     assert max(decomposed_errors) <= NOISE_FACTOR * noise, (decomposed_errors, stock_errors)
 
 
+def test_a_served_cross_role_read_is_the_references(tmp_path: Path, redis_url: str, model_dir: Path) -> None:
+    """The reader's next-token distribution after reading the writer's blocks in the engine
+    is the reference's decomposed read (the writer's K, V_base and x·A; the reader's own B
+    after attention), as close as stock serving is to its own reference."""
+    from agentstack.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "redis") as redis:  # no earlier test's blocks to load
+        served = serve("decomposed", redis.url, tmp_path / "shared.json")
+    ordinary = serve("non-shared", redis_url, tmp_path / "ordinary.json")
+    (writer_dir, reader_dir), (writer_prompt, reader_prompt) = shipped_family()[:2], served["probe_prompts"]
+    read = served["rows"][1]
+    shared = read["cached_tokens"]
+    assert shared >= 128 and reader_prompt[:shared] == writer_prompt[:shared]
+    reference = ReferenceModel(model_dir, dtype=torch.float64)
+    writer, reader = reference.load_role(writer_dir), reference.load_role(reader_dir)
+    shared_a = [layer.v.a for layer in writer]  # type: ignore[union-attr]
+    _, past = reference.forward(writer_prompt[:shared], writer, shared_a=shared_a)
+    via_writer, _ = reference.forward(reader_prompt[shared:], reader, past=past, shared_a=shared_a)
+    expected = via_writer[-1].log_softmax(-1)
+    own = reference.forward(reader_prompt, reader)[0][-1].log_softmax(-1)
+    noise = _largest_error(own, ordinary["rows"][1]["logprobs"], own.topk(5).indices.tolist())
+    assert noise < STOCK_SANITY
+    top = expected.topk(5).indices.tolist()
+    assert _largest_error(expected, read["logprobs"], top) <= NOISE_FACTOR * noise
+
+
 def test_an_adapter_outside_the_family_gets_blocks_of_its_own(
     tmp_path: Path, redis_url: str, model_dir: Path
 ) -> None:
