@@ -379,14 +379,21 @@ class SharedPrefixConnector(KVConnectorBase_V1):
 
         self._kv_caches = [kv_caches[name] for name in sorted(kv_caches, key=layer_index)]
 
-    def _read_block(self, layer: int, block_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of one paged block as ``[block_size, kv_heads, head_size]`` views."""
-        k_rows, v_rows = self._halves(layer, block_id)
-        if self._k_head_major:
-            k = k_rows.reshape(k_rows.shape[0], -1, self._block_size).permute(2, 0, 1)
-        else:
-            k = k_rows.transpose(0, 1)
-        return k, v_rows.transpose(0, 1)
+    def _read_blocks(self, block_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of paged blocks as ``[layers, blocks, block_size, kv_heads, head_size]``:
+        one gather per layer, not one read per block and layer."""
+        index = torch.tensor(block_ids, dtype=torch.long)
+        ks, vs = [], []
+        for paged in self._kv_caches:
+            rows = paged.index_select(0, index)
+            rows = rows.view(len(block_ids), rows.shape[1], 2 * self._block_size, -1)
+            k_rows, v_rows = rows[:, :, : self._block_size], rows[:, :, self._block_size :]
+            if self._k_head_major:
+                ks.append(k_rows.reshape(k_rows.shape[0], k_rows.shape[1], -1, self._block_size).permute(0, 3, 1, 2))
+            else:
+                ks.append(k_rows.transpose(1, 2))
+            vs.append(v_rows.transpose(1, 2))
+        return torch.stack(ks), torch.stack(vs)
 
     def _write_block(self, layer: int, block_id: int, k: torch.Tensor, v: torch.Tensor) -> None:
         k_rows, v_rows = self._halves(layer, block_id)
@@ -466,20 +473,11 @@ class SharedPrefixConnector(KVConnectorBase_V1):
     def _save(self, save: _Save) -> None:
         """Copy the computed blocks out, compact them, write them through every tier at once."""
         try:
-            hashes, blocks = [], []
-            for key, block_id in zip(save.hashes, save.block_ids):
-                if self._store.holds(key):
-                    continue
-                layers = [self._read_block(layer, block_id) for layer in range(len(self._kv_caches))]
-                blocks.append(
-                    self._stored_form(
-                        torch.stack([k for k, _ in layers]),
-                        torch.stack([v for _, v in layers]),
-                        save.writer,
-                    )
-                )
-                hashes.append(key)
-            self._store.put(hashes, blocks)
+            todo = [(key, block_id) for key, block_id in zip(save.hashes, save.block_ids) if not self._store.holds(key)]
+            if todo:
+                k, v = self._read_blocks([block_id for _, block_id in todo])
+                blocks = [self._stored_form(k[:, i], v[:, i], save.writer) for i in range(len(todo))]
+                self._store.put([key for key, _ in todo], blocks)
         finally:
             # Reported even when the save failed: the scheduler then drops its claims, and a
             # peer waiting for these blocks stops waiting and computes them.

@@ -13,6 +13,7 @@ load is pending stays in ``WAITING_FOR_REMOTE_KVS`` until then.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import Counter
@@ -58,6 +59,12 @@ class TransferQueue:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            # Linux schedules threads on their own: the lowest priority lets the engine's
+            # forward threads run first on a busy CPU, and the I/O fill the idle time.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         while True:
             item = self._jobs.get()
             try:
