@@ -575,13 +575,18 @@ def _model_dir(model: Optional[Path]) -> Path:
 def adapters_build(
     out_root: Annotated[Path, typer.Option(help="Where the role adapters go.")] = Path("agentstack/data/adapters"),
     data_dir: Annotated[Path, typer.Option(help="Where the training chats go.")] = Path("build/adapter-data"),
+    family_a_from: Annotated[Path | None, typer.Option(
+        help="Adapter whose v_proj lora_A every role freezes (the shipped family's by default).")] = None,
+    new_family: Annotated[bool, typer.Option(
+        help="Train a new v_proj lora_A with the selector instead (roles on the old A leave the family).")] = False,
     model: ModelOption = None,
 ) -> None:
-    """Rebuild the shipped tool roles: data, then selector, then arguments and single on its A."""
-    from agentstack.offline.training.recipes import build_tool_adapters
+    """Rebuild the shipped tool roles: data, then selector, arguments and single on the family's A."""
+    from agentstack.offline.training.recipes import FAMILY_A_FROM, build_tool_adapters
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for result in build_tool_adapters(_model_dir(model), out_root, data_dir):
+    shared = None if new_family else (family_a_from or FAMILY_A_FROM)
+    for result in build_tool_adapters(_model_dir(model), out_root, data_dir, shared):
         _print_trained(result)
 
 
@@ -614,6 +619,8 @@ def eval_bfcl(
         help="List each example's functions in an order shuffled with this seed.")] = None,
     toolbox: Annotated[Optional[int], typer.Option(
         help="List each example's functions among distractors, up to this many listing tokens.", min=1)] = None,
+    guided: Annotated[bool, typer.Option(
+        help="Hold single and roles to their answer formats, as model tool-calling serves them.")] = True,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     roles: RolesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
@@ -631,7 +638,7 @@ def eval_bfcl(
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency,
-                        shuffle_seed=shuffle, toolbox_tokens=toolbox)
+                        shuffle_seed=shuffle, toolbox_tokens=toolbox, guided=guided)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         scores = asyncio.run(_run_with_service(_settings(roles_file=roles), lambda service: evaluate(
             service, config, quiet=as_json, on_score=lambda so_far: write_report(so_far, report_dir))))

@@ -399,9 +399,10 @@ class Service:
                 self.metrics.requests_aborted.labels(role.name).inc()
 
     async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int,
-                       *, json_schema: dict[str, Any] | None = None) -> Completion:
+                       *, json_schema: dict[str, Any] | None = None, grammar: str | None = None) -> Completion:
         """Greedy completion of exactly these messages by a role (no role system prompt added),
-        for in-process workflows and evaluations; `json_schema` constrains the reply to it."""
+        for in-process workflows and evaluations; `json_schema` or `grammar` (xgrammar EBNF)
+        constrains the reply."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -411,8 +412,9 @@ class Service:
         room = self.settings.max_model_len - len(prompt_ids)
         if room <= 0:
             raise PromptTooLong(f"{len(prompt_ids)} prompt tokens, context is {self.settings.max_model_len}")
-        params = SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room),
-                                structured_outputs=StructuredOutputsParams(json=json_schema) if json_schema else None)
+        constraint = (StructuredOutputsParams(json=json_schema) if json_schema
+                      else StructuredOutputsParams(grammar=grammar) if grammar else None)
+        params = SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room), structured_outputs=constraint)
         final: RequestOutput | None = None
         async for output in self.stream(resolved, prompt_ids, params, request_id=f"{role}-{uuid.uuid4().hex}"):
             final = output

@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentstack.chat.call_grammar import call_lines_grammar, selection_grammar
 from agentstack.chat.requests import ToolCall, ToolCallFunction
 from agentstack.chat.tool_prompts import (
     Call,
     arguments_messages,
     parse_calls,
+    function_spec,
     parse_selection,
     selector_messages,
     single_messages,
@@ -29,9 +31,11 @@ CALLS_MAX_TOKENS = 320
 
 
 class Completer(Protocol):
-    """Greedy completion of a chat by a role; `Service.complete` is the real one."""
+    """Greedy completion of a chat by a role, held to `grammar` (xgrammar EBNF) when one is
+    given; `Service.complete` is the real one."""
 
-    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion: ...
+    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int,
+                       *, grammar: str | None = None) -> Completion: ...
 
 
 @dataclass(slots=True)
@@ -56,19 +60,23 @@ class ToolCallOutcome:
 
 async def select_and_fill(
     completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
-    *, named: str | None = None,
+    *, named: str | None = None, guided: bool = True,
 ) -> ToolCallOutcome:
     """Selector names the functions (or none); one arguments pass per name runs
-    concurrently. A caller that `named` the function skips the selector."""
+    concurrently. A caller that `named` the function skips the selector. `guided` holds
+    each role to its answer format over these tools (`call_grammar`)."""
     outcome = ToolCallOutcome(calls=[])
     if named is not None:
         outcome.selected = [named]
     else:
-        selection = await completer.complete(SELECTOR_ROLE, selector_messages(messages, tools), SELECTOR_MAX_TOKENS)
+        selection = await completer.complete(SELECTOR_ROLE, selector_messages(messages, tools), SELECTOR_MAX_TOKENS,
+                                             grammar=selection_grammar(tools) if guided else None)
         outcome.add(SELECTOR_ROLE, selection)
         outcome.selected = parse_selection(selection.text, tools)
+    by_name = {str(function_spec(t)["name"]): t for t in tools}
     fills = await asyncio.gather(*(
-        completer.complete(ARGUMENTS_ROLE, arguments_messages(messages, tools, name), CALLS_MAX_TOKENS)
+        completer.complete(ARGUMENTS_ROLE, arguments_messages(messages, tools, name), CALLS_MAX_TOKENS,
+                           grammar=call_lines_grammar([by_name[name]], allow_none=False) if guided else None)
         for name in outcome.selected
     ))
     for name, fill in zip(outcome.selected, fills):
@@ -78,9 +86,11 @@ async def select_and_fill(
 
 
 async def single_pass(
-    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+    completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
+    *, guided: bool = True,
 ) -> ToolCallOutcome:
-    completion = await completer.complete(SINGLE_ROLE, single_messages(messages, tools), CALLS_MAX_TOKENS)
+    completion = await completer.complete(SINGLE_ROLE, single_messages(messages, tools), CALLS_MAX_TOKENS,
+                                          grammar=call_lines_grammar(tools, allow_none=True) if guided else None)
     outcome = ToolCallOutcome(calls=parse_calls(completion.text, tools))
     outcome.add(SINGLE_ROLE, completion)
     outcome.selected = list(dict.fromkeys(c["name"] for c in outcome.calls))

@@ -53,6 +53,9 @@ OPPOSITES = (
     ("high", "low"), ("long", "short"), ("rich", "poor"), ("first", "last"), ("in", "out"),
 )
 TOOL_CATEGORIES = ("simple_python", "multiple")
+# The gate's BFCL prompts come from the split as it was when its outcomes were measured
+# (one dev round); later rounds, held out for the tool roles, leave them where they were.
+GATE_DEV_ROUNDS = 1
 
 # Disjoint seeds: the reasoner's training problems, the gate's training prompts and the
 # held-out evaluation prompts never come from the same stream.
@@ -211,7 +214,8 @@ def tool_tasks(rng: random.Random, count: int, part: Part, prefix: str,
     """BFCL prompts of the train split (`train`) or the dev split (any other part)."""
     from agentstack.offline.bfcl.dataset import examples
 
-    pool = [e for c in TOOL_CATEGORIES for e in examples(c, "train" if part == "train" else "dev")
+    pool = [e for c in TOOL_CATEGORIES
+            for e in examples(c, "train" if part == "train" else "dev", dev_rounds=GATE_DEV_ROUNDS)
             if str(e.messages[-1]["content"]) not in exclude]
     chosen = rng.sample(pool, min(count, len(pool)))
     return [Task(id=f"{prefix}:tool:{e.id}", kind="tool",

@@ -118,16 +118,20 @@ class RecordingCompleter:
     blocks: set[BlockHash] = field(default_factory=set)
     """The cache's key of every full prompt block: salt and tokens, not the adapter."""
 
-    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int) -> Completion:
+    async def complete(self, role: str, messages: list[dict[str, str]], max_tokens: int,
+                       *, grammar: str | None = None) -> Completion:
         ids = self.engine.chat_prompt(messages)
-        text, generated = await self.request(role, ids, max_tokens)
+        text, generated = await self.request(role, ids, max_tokens, grammar=grammar)
         return Completion(text, len(ids), generated)
 
-    async def request(self, role: str, ids: list[int], max_tokens: int) -> tuple[str, int]:
+    async def request(self, role: str, ids: list[int], max_tokens: int,
+                      *, grammar: str | None = None) -> tuple[str, int]:
         """Greedy completion of prompt ids; returns the text and the tokens generated."""
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
-        sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=TOP_LOGPROBS)
+        sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=TOP_LOGPROBS,
+                                  structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None)
         salt = f"bench-{self.round}" + (f"-{role}" if self.isolate else "")
         started = time.perf_counter()
         first_at = None

@@ -22,10 +22,10 @@ from agentstack.chat.tool_prompts import Call
 
 TRAIN_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
 SPLIT_FILE = PACKAGE_DATA / "bfcl_split.json"
-# Dev ids per category, drawn in rounds (each with the next seed, from the ids left): one
-# round of 25 is committed; a second round of 25 (50 per category) waits for adapters
-# trained without it, since the shipped ones saw some of those ids.
-DEV_ROUNDS = (25,)
+# Dev ids per category, drawn in rounds (each with the next seed, from the ids left): the
+# first 25 held out since the first adapters, the second 25 since the recipe-3 adapters,
+# so every trained category is scored on 50 ids.
+DEV_ROUNDS = (25, 25)
 SPLIT_SEED = 20261123
 
 
@@ -108,10 +108,11 @@ def load_category(category: str) -> tuple[BfclExample, ...]:
     )
 
 
-def make_split(seed: int = SPLIT_SEED) -> SplitFile:
-    """The split as first drawn; kept for the record, the committed file is what counts."""
+def make_split(seed: int = SPLIT_SEED, rounds: int = len(DEV_ROUNDS)) -> SplitFile:
+    """The split as drawn, through its first `rounds` rounds; the committed file (all of
+    them) is what counts."""
     dev: dict[str, list[str]] = {category: [] for category in TRAIN_CATEGORIES}
-    for round_, count in enumerate(DEV_ROUNDS):
+    for round_, count in enumerate(DEV_ROUNDS[:rounds]):
         rng = random.Random(seed + round_)
         for category in TRAIN_CATEGORIES:
             rest = [e.id for e in load_category(category) if e.id not in dev[category]]
@@ -129,12 +130,21 @@ def load_split(path: Path = SPLIT_FILE) -> SplitFile:
     return SplitFile.model_validate(json.loads(path.read_text()))
 
 
-def examples(category: str, part: str = "all") -> list[BfclExample]:
-    """`part` is `train`, `dev` or `all`; categories never trained on have only `all` (= dev)."""
+@cache
+def _dev_ids(rounds: int | None) -> dict[str, frozenset[str]]:
+    split = load_split() if rounds is None else make_split(rounds=rounds)
+    return {category: frozenset(ids) for category, ids in split.dev.items()}
+
+
+def examples(category: str, part: str = "all", dev_rounds: int | None = None) -> list[BfclExample]:
+    """`part` is `train`, `dev` or `all`; categories never trained on have only `all` (= dev).
+
+    `dev_rounds` reads the split as it was after that many rounds (None: as committed), for
+    consumers whose measured data was drawn from an earlier split."""
     entries = list(load_category(category))
     if part == "all" or category not in TRAIN_CATEGORIES:
         return entries
-    dev = set(load_split().dev[category])
+    dev = _dev_ids(dev_rounds)[category]
     if part == "dev":
         return [e for e in entries if e.id in dev]
     if part == "train":

@@ -7,6 +7,9 @@ by bfcl-eval's AST checker, for three ways of serving the same backbone:
 - `single`: one adapter trained to write every call at once;
 - `roles`:  the selector adapter, then the arguments adapter once per chosen function.
 
+`single` and `roles` run as `model: tool-calling` serves them, held to their answer
+formats by grammars (`agentstack.chat.call_grammar`); `guided=False` measures them without.
+
 Listings can be reordered (`shuffle_seed`) or padded with distractors up to a token size
 (`toolbox_tokens`), both seeded per example (`listings`), so a position bias and long
 toolboxes show in the scores; accuracy is also kept per position of the right function.
@@ -34,6 +37,7 @@ from agentstack.offline.bfcl.listings import (
     distractor_pool,
     shuffled,
 )
+from agentstack.chat.call_grammar import calls_list_schema
 from agentstack.service import PromptTooLong, Service
 from agentstack.chat.tool_roles import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
 from agentstack.chat.tool_prompts import Call, single_messages
@@ -53,11 +57,13 @@ class EvalConfig:
     concurrency: int = 8
     shuffle_seed: int | None = None
     toolbox_tokens: int | None = None
+    guided: bool = True
 
     @property
     def listing(self) -> str:
         parts = ([f"shuffled (seed {self.shuffle_seed})"] if self.shuffle_seed is not None else []) + (
-            [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else [])
+            [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else []) + (
+            [] if self.guided else ["roles unguided"])
         return ", ".join(parts) or "as given"
 
 
@@ -119,41 +125,11 @@ BASE_INSTRUCTION = (
     'Reply with a JSON list of the calls that answer the request, each {"name": ..., "arguments": {...}} '
     "with the function's parameters; reply [] if no listed function applies."
 )
-JSON_TYPES = {"dict": "object", "float": "number", "tuple": "array", "any": None}
-
-
-def json_schema(schema: Any) -> dict[str, Any]:
-    """A BFCL parameter schema as JSON Schema (BFCL writes `dict`, `float`, `tuple`, `any`)."""
-    if not isinstance(schema, dict):
-        return {}
-    out: dict[str, Any] = {}
-    kind = JSON_TYPES.get(schema.get("type"), schema.get("type"))
-    if kind:
-        out["type"] = kind
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {name: json_schema(s) for name, s in schema["properties"].items()}
-        out["required"] = [r for r in schema.get("required", []) if r in out["properties"]]
-    if "items" in schema:
-        out["items"] = json_schema(schema["items"])
-    if isinstance(schema.get("enum"), list):
-        out["enum"] = schema["enum"]
-    return out
-
-
-def calls_schema(functions: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A JSON list of calls, each of one listed function with its parameters' types."""
-    variants = [{"type": "object", "required": ["name", "arguments"],
-                 "properties": {"name": {"enum": [f["name"]]},
-                                "arguments": json_schema(f.get("parameters") or {"type": "dict"})}}
-                for f in functions]
-    return {"type": "array", "maxItems": 8, "items": {"anyOf": variants}}
-
-
 async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutcome:
     """The base model with the roles' listing, told the answer's shape and held to it."""
     prompt = [*single_messages(example.messages, example.functions), {"role": "user", "content": BASE_INSTRUCTION}]
     completion = await service.complete(service.base_name, prompt, CALLS_MAX_TOKENS,
-                                        json_schema=calls_schema(example.functions))
+                                        json_schema=calls_list_schema(example.functions))
     try:
         listed = json.loads(completion.text)
     except ValueError:
@@ -166,12 +142,14 @@ async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutco
     return outcome
 
 
-async def run_mode(service: Service, mode: EvalMode, example: BfclExample) -> ToolCallOutcome:
+async def run_mode(service: Service, mode: EvalMode, example: BfclExample, *, guided: bool = True) -> ToolCallOutcome:
+    """One example in one mode; `guided` holds the roles to their answer formats, as
+    `model: tool-calling` serves them (the base is always held to its JSON list)."""
     if mode is EvalMode.BASE:
         return await _base_outcome(service, example)
     if mode is EvalMode.SINGLE:
-        return await single_pass(service, example.messages, example.functions)
-    return await select_and_fill(service, example.messages, example.functions)
+        return await single_pass(service, example.messages, example.functions, guided=guided)
+    return await select_and_fill(service, example.messages, example.functions, guided=guided)
 
 
 async def score_category(
@@ -188,7 +166,7 @@ async def score_category(
     async def one(example: BfclExample) -> None:
         async with gate:
             try:
-                outcome = await run_mode(service, mode, example)
+                outcome = await run_mode(service, mode, example, guided=config.guided)
             except PromptTooLong as e:
                 outcome, error = ToolCallOutcome(calls=[]), f"prompt too long: {e}"
             else:

@@ -97,6 +97,11 @@ class TrainSpec(BaseModel):
     max_seq_len: int = Field(default=160, ge=8)
     seed: int = 0
     checkpoint_every: int = Field(default=50, ge=1)
+    bf16: bool = Field(
+        default=True,
+        description="Run forward and backward under bf16 autocast (about 2x faster on CPUs "
+        "with AVX-512 BF16 or AMX); weights, LoRA parameters and optimizer stay fp32.",
+    )
     frozen_v_proj_a_from: Path | None = Field(
         default=None,
         description="Reference adapter whose v_proj lora_A is copied in and kept frozen.",
@@ -450,6 +455,7 @@ def _model_card(spec: TrainSpec, n_examples: int, state: _RunState, final_loss: 
         ("learning rate", f"{spec.lr:g}"),
         ("max sequence length", str(spec.max_seq_len)),
         ("seed", str(spec.seed)),
+        ("precision", "bf16 autocast, fp32 weights" if spec.bf16 else "fp32"),
         ("rank", str(spec.rank)),
         ("alpha", str(spec.alpha)),
         ("target modules", ", ".join(f"`{m}`" for m in spec.target_modules)),
@@ -571,7 +577,8 @@ def train_lora(spec: TrainSpec) -> TrainResult:
         task = progress.add_task(spec.out_dir.name, total=total, completed=state.step, loss="-")
         while state.step < total:
             batch = _collate([encoded[i] for i in batches[state.step]], pad_id)
-            loss = _reply_loss(model, batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bf16):
+                loss = _reply_loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

@@ -1,9 +1,12 @@
 """How the shipped tool roles are trained: one recipe per role, the selector first.
 
-The selector is the reference role: its `v_proj` lora_A is trained and then frozen into
-`arguments` and `single`, so all three keep the decomposed cache's shape (no `k_proj`,
-one shared `v_proj` A). Every role gets one pass over its examples at the same batch
-size and learning rate, so `single` and `selector + arguments` get equal training.
+All roles of the family share one frozen `v_proj` lora_A, so they keep the decomposed
+cache's shape (no `k_proj`, one shared A; each role trains only its B there, as in
+LoRA-FA). The family's A is the shipped selector's: retraining the tool roles keeps it,
+so roles trained earlier on it (`reasoner`) stay in the family. On a model without a
+shipped family the selector trains A and the others freeze it. Every role gets one pass
+over its examples at the same batch size and learning rate, so `single` and
+`selector + arguments` get equal training.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentstack.config import PACKAGE_DATA
 from agentstack.offline.bfcl.training_data import ToolRole, write_role_data
 from agentstack.offline.training.lora import TrainResult, TrainSpec, train_lora
 
 REFERENCE_ROLE = ToolRole.SELECTOR
+# The shipped family's A lives in the shipped reference adapter.
+FAMILY_A_FROM = PACKAGE_DATA / "adapters" / REFERENCE_ROLE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +64,19 @@ def role_spec(
     return recipe_spec(RECIPES[role], model_dir, data, out_dir, shared_v_a_from)
 
 
-def build_tool_adapters(model_dir: Path, out_root: Path, data_dir: Path) -> list[TrainResult]:
-    """Write each role's data, train the reference role, then the others on its frozen A."""
+def build_tool_adapters(
+    model_dir: Path, out_root: Path, data_dir: Path, family_a_from: Path | None = FAMILY_A_FROM
+) -> list[TrainResult]:
+    """Write each role's data and train it on the family's frozen A; with no family
+    (`family_a_from` None), the reference role trains A first and the others freeze it."""
     order = [REFERENCE_ROLE, *(r for r in ToolRole if r is not REFERENCE_ROLE)]
     results = []
     for role in order:
         data = data_dir / f"{role.value}.jsonl"
         write_role_data(role, data)
-        shared = None if role is REFERENCE_ROLE else out_root / REFERENCE_ROLE.value
+        shared = family_a_from
+        if shared is None and role is not REFERENCE_ROLE:
+            shared = out_root / REFERENCE_ROLE.value
         results.append(train_lora(role_spec(role, model_dir, data, out_root / role.value, shared)))
     return results
 

@@ -27,6 +27,17 @@ def test_no_id_is_both_train_and_dev(category: str) -> None:
     assert train | dev == {e.id for e in load_category(category)}
 
 
+@pytest.mark.parametrize("category", TRAIN_CATEGORIES)
+def test_an_earlier_round_of_the_split_keeps_its_train_and_dev(category: str) -> None:
+    """A consumer pinned to the first round (the gate's measured prompts) sees the ids it
+    was drawn from: round-one dev stays dev, the later rounds count as its train."""
+    first = {e.id for e in examples(category, "dev", dev_rounds=1)}
+    assert len(first) == DEV_ROUNDS[0]
+    assert first < {e.id for e in examples(category, "dev")}
+    later = {e.id for e in examples(category, "dev")} - first
+    assert later <= {e.id for e in examples(category, "train", dev_rounds=1)}
+
+
 def test_every_single_turn_category_loads_and_others_are_refused() -> None:
     assert len(load_category("irrelevance")) > 0
     assert load_category("simple_java")[0].ground_truth

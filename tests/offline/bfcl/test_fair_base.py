@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, examples
-from agentstack.offline.bfcl.evaluate import calls_schema
+from agentstack.chat.call_grammar import calls_list_schema
 
 
 @pytest.mark.parametrize("category", [*TRAIN_CATEGORIES, "live_simple"])
@@ -16,7 +16,7 @@ def test_every_reference_answer_fits_the_base_models_schema(category: str) -> No
     checked = 0
     for example in examples(category, part)[:40]:
         calls = example.reference_calls()
-        schema = calls_schema(example.functions)
+        schema = calls_list_schema(example.functions)
         jsonschema.validate(calls, schema)
         jsonschema.validate([], schema)
         checked += 1
