@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from agentstack.engine import chat_prompt_ids
 from agentstack.offline.bench.cache import SERVED_COMMAND, ModeRow, _served_figures
+from agentstack.offline.bfcl.dataset import examples
 from agentstack.offline.bench.cache_workload import (
     MAX_CONTEXT_TOKENS,
     MIN_CONTEXT_TOKENS,
@@ -119,7 +120,7 @@ def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_se
     assert {r["role"] for r in readers} >= {"single"}
     for reader in readers:
         assert reader["cached_tokens"] >= MIN_CONTEXT_TOKENS - 32, reader["role"]
-    assert [o["id"] for o in served["outcomes"]] == ["multiple_11"]
+    assert [o["id"] for o in served["outcomes"]] == [examples("multiple", "dev")[0].id]
     writer_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] < 2 * writer_blocks, "the readers read the selector's engine blocks in place"
     [ttft] = served["reader_ttfts"]
