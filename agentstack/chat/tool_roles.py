@@ -15,8 +15,8 @@ from agentstack.chat.requests import ToolCall, ToolCallFunction
 from agentstack.chat.tool_prompts import (
     Call,
     arguments_messages,
-    parse_calls,
     function_spec,
+    parse_calls,
     parse_selection,
     selector_messages,
     single_messages,
