@@ -44,10 +44,13 @@ def parameters_schema(schema: Any) -> dict[str, Any]:
     return out
 
 
-def call_schema(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """One call of one function: its name and its arguments."""
+def call_schema(tool: Mapping[str, Any], *, reduced: bool = True) -> dict[str, Any]:
+    """One call of one function: its name and its arguments. `reduced` keeps only what the
+    roles' line grammar needs (`parameters_schema`); a forced call (`tool_choice`
+    `required` or named) keeps the caller's whole parameter schema."""
     spec = function_spec(tool)
-    arguments = parameters_schema(spec.get("parameters") or {"type": "object"})
+    parameters = spec.get("parameters") or {"type": "object"}
+    arguments = parameters_schema(parameters) if reduced else dict(parameters)
     return {"type": "object", "required": ["name", "arguments"],
             "properties": {"name": {"enum": [spec["name"]]}, "arguments": arguments}}
 

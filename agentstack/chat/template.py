@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agentstack.chat.call_grammar import call_schema
 from agentstack.chat.requests import ChatMessage, NamedToolChoice, Tool, ToolCall, ToolCallFunction
 
 THINK_INSTRUCTION = (
@@ -84,17 +85,7 @@ def forced_call_schema(tools: list[Tool], choice: str | NamedToolChoice | None) 
         return None
     if not chosen:
         return None
-    variants = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "enum": [t.function.name]},
-                "arguments": t.function.parameters,
-            },
-            "required": ["name", "arguments"],
-        }
-        for t in chosen
-    ]
+    variants = [call_schema(t.model_dump(), reduced=False) for t in chosen]
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
