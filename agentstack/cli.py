@@ -265,7 +265,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")
 
 @bench_app.command("cache")
 def bench_cache(
-    prompts: Annotated[int, typer.Option(help="BFCL `multiple` dev prompts served per mode.")] = 8,
+    prompts: Annotated[int, typer.Option(
+        help="BFCL dev prompts served per mode: the trained categories in turn, `multiple` first (200 at most).")] = 8,
     reference_prompts: Annotated[int, typer.Option(help="Of those, how many the PyTorch reference runs.")] = 2,
     min_context_tokens: Annotated[int, typer.Option(
         help="Distractor functions fill each toolbox up to this; 0: the entry's own functions only.")] = 1024,

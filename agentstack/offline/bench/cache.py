@@ -1,6 +1,6 @@
 """`agentstack bench cache`: the three prefix-cache modes side by side.
 
-The workload is the tool agent on BFCL `multiple` prompts (`cache_workload`): per prompt a
+The workload is the tool agent on BFCL dev prompts (`cache_workload`): per prompt a
 toolbox context of 1–2k tokens that the selector computes first, and the arguments writer
 and the single writer then read.
 
@@ -94,7 +94,7 @@ SERVED_MEMORY_BYTES = 4 << 30
 @dataclass(frozen=True, slots=True)
 class CacheBenchConfig:
     prompts: int = 8
-    """BFCL `multiple` dev prompts served per mode."""
+    """BFCL dev prompts served per mode (the trained categories in turn, `multiple` first)."""
     reference_prompts: int = 2
     """Of those, how many the pure-PyTorch reference also runs (it is slow on a CPU)."""
     min_context_tokens: int = MIN_CONTEXT_TOKENS
@@ -565,7 +565,7 @@ def write_report(result: CacheBenchResult) -> None:
         f"--reference-prompts {result.config.reference_prompts} "
         f"--min-context-tokens {result.config.min_context_tokens}{'' if result.served else ' --no-served'}`",
         "",
-        f"Workload: the tool agent on {result.config.prompts} BFCL `multiple` dev prompts, each a toolbox "
+        f"Workload: the tool agent on {result.config.prompts} BFCL dev prompts (the four trained categories in turn), each a toolbox "
         f"context of {result.context_tokens:.0f} tokens on average "
         + ("(the entry's functions among others'). " if result.config.min_context_tokens
            else "(the entry's own functions). ")

@@ -1,8 +1,10 @@
-"""The workload `agentstack bench cache` serves: the tool agent on BFCL `multiple` prompts.
+"""The workload `agentstack bench cache` serves: the tool agent on BFCL dev prompts.
 
 Each prompt's shared context is a toolbox of 1–2k tokens — the entry's own functions among
 functions of other entries, as an agent with a larger toolbox sees it — then the user's
-question. Three roles read it: the ``selector`` (first, so it computes the context), the
+question. Prompts take the four trained categories' dev splits in turn, `multiple` first
+(200 prompts at most, so an accuracy comparison can rest on hundreds of checks). Three
+roles read it: the ``selector`` (first, so it computes the context), the
 ``arguments`` writer once per chosen function, and the one-pass ``single`` writer. The
 agent's calls and single's calls are scored by bfcl-eval's checker against the entry's
 ground truth.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentstack.engine import chat_prompt_ids
 from agentstack.offline.bfcl.checker import check
-from agentstack.offline.bfcl.dataset import BfclExample, examples
+from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
 from agentstack.service import Completion
 from agentstack.chat.tool_roles import SELECTOR_ROLE, select_and_fill, single_pass
 from agentstack.chat.tool_prompts import (
@@ -48,12 +50,22 @@ class ToolboxPrompt:
     tools: list[dict[str, Any]]
 
 
+WORKLOAD_CATEGORIES = ("multiple", *(c for c in TRAIN_CATEGORIES if c != "multiple"))
+
+
+def dev_prompts() -> list[BfclExample]:
+    """The trained categories' dev entries taken in turn, so any first N mix them."""
+    splits = [examples(c, "dev") for c in WORKLOAD_CATEGORIES]
+    return [s[i] for i in range(max(map(len, splits))) for s in splits if i < len(s)]
+
+
 def toolbox_prompts(count: int, tokenizer: Any, min_tokens: int = MIN_CONTEXT_TOKENS) -> list[ToolboxPrompt]:
-    """The first ``count`` dev entries of BFCL `multiple`, each with distractor functions
-    from the entries after it until its context holds ``min_tokens``; the entry's own
-    functions sit at a position drawn from its id, so no list order gives them away.
-    ``min_tokens`` 0 keeps each entry's own functions only (the adapters' training shape)."""
-    pool = examples("multiple", "dev")
+    """The first ``count`` dev entries (`dev_prompts`), each with distractor functions
+    from the entries after it until its context holds ``min_tokens`` (an entry that would
+    take it past ``MAX_CONTEXT_TOKENS`` is passed over); the entry's own functions sit at a
+    position drawn from its id, so no list order gives them away. ``min_tokens`` 0 keeps
+    each entry's own functions only (the adapters' training shape)."""
+    pool = dev_prompts()
     if not 1 <= count <= len(pool):
         raise ValueError(f"prompts must be between 1 and {len(pool)}")
     prompts = []
@@ -65,6 +77,8 @@ def toolbox_prompts(count: int, tokenizer: Any, min_tokens: int = MIN_CONTEXT_TO
             if _context_tokens(tokenizer, example, own + distractors) >= min_tokens:
                 break
             fresh = [f for f in other.functions if f["name"] not in names]
+            if _context_tokens(tokenizer, example, own + distractors + fresh) > MAX_CONTEXT_TOKENS:
+                continue
             distractors += fresh
             names.update(function_names(fresh))
         at = random.Random(example.id).randint(0, len(distractors))

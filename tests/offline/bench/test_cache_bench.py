@@ -15,10 +15,11 @@ from transformers import AutoTokenizer
 
 from agentstack.engine import chat_prompt_ids
 from agentstack.offline.bench.cache import SERVED_COMMAND, ModeRow, _served_figures
-from agentstack.offline.bfcl.dataset import examples
+from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, examples
 from agentstack.offline.bench.cache_workload import (
     MAX_CONTEXT_TOKENS,
     MIN_CONTEXT_TOKENS,
+    dev_prompts,
     reference_case,
     toolbox_prompts,
 )
@@ -40,6 +41,14 @@ def test_each_prompt_is_a_1_to_2k_token_toolbox_holding_its_own_functions(tokeni
         assert len(names) == len(set(names)), "a function listed twice"
         tokens = len(chat_prompt_ids(tokenizer, selector_messages(prompt.example.messages, prompt.tools)))
         assert MIN_CONTEXT_TOKENS <= tokens <= MAX_CONTEXT_TOKENS
+
+
+def test_the_workload_takes_the_trained_categories_in_turn() -> None:
+    """Enough prompts for hundreds of accuracy checks per mode, and any first few mix the
+    categories, `multiple` first."""
+    pool = dev_prompts()
+    assert len(pool) == len({e.id for e in pool}) == sum(len(examples(c, "dev")) for c in TRAIN_CATEGORIES)
+    assert pool[0].category == "multiple" and {e.category for e in pool[:4]} == set(TRAIN_CATEGORIES)
 
 
 def test_own_functions_are_not_always_listed_first(tokenizer: Any) -> None:
@@ -120,7 +129,7 @@ def test_decomposed_readers_reuse_the_selectors_toolbox(tmp_path: Path, redis_se
     assert {r["role"] for r in readers} >= {"single"}
     for reader in readers:
         assert reader["cached_tokens"] >= MIN_CONTEXT_TOKENS - 32, reader["role"]
-    assert [o["id"] for o in served["outcomes"]] == [examples("multiple", "dev")[0].id]
+    assert [o["id"] for o in served["outcomes"]] == [dev_prompts()[0].id]
     writer_blocks = writer["prompt_tokens"] // served["engine_block_size"]
     assert served["engine_blocks"] < 2 * writer_blocks, "the readers read the selector's engine blocks in place"
     [ttft] = served["reader_ttfts"]
