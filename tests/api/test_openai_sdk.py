@@ -101,8 +101,6 @@ def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
     assert required.choices[0].message.tool_calls, required.choices[0].message
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped selector names the first listed function whatever the "
-                   "question (docs/TOOL_ROLES.md); adapters that refuse are measured but not yet shipped")
 def test_tool_calling_answers_in_words_when_no_listed_function_applies(client: openai.OpenAI) -> None:
     """`tool_choice` auto (the default) lets the selector decide: questions none of the
     listed functions answers get a plain reply, not a call of whatever is listed first."""
