@@ -41,6 +41,13 @@ def decoded(calls: list[Call], category: str) -> list[dict[str, dict[str, Any]]]
     ]
 
 
+def answered_functions(example: BfclExample) -> list[dict[str, Any]]:
+    """The listed functions the ground truth calls, first: BFCL's checker reads a simple
+    entry's function as the first of the list, which a shuffled or toolbox listing moves."""
+    expected = {name for answer in example.ground_truth or [] for name in answer}
+    return sorted(example.functions, key=lambda f: f["name"] not in expected)
+
+
 def check(example: BfclExample, calls: list[Call]) -> Verdict:
     from bfcl_eval.constants.enums import Language
     from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
@@ -65,7 +72,7 @@ def check(example: BfclExample, calls: list[Call]) -> Verdict:
         else Language.PYTHON
     )
     try:
-        result = ast_checker(example.functions, output, example.ground_truth, language,
+        result = ast_checker(answered_functions(example), output, example.ground_truth, language,
                              example.category, CHECKER_MODEL_NAME)
     except Exception as e:  # the checker's own failure on odd output counts as a miss
         return Verdict(False, f"checker: {type(e).__name__}: {e}")
