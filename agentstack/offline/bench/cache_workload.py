@@ -73,14 +73,17 @@ def toolbox_prompts(count: int, tokenizer: Any, min_tokens: int = MIN_CONTEXT_TO
         own = list(example.functions)
         distractors: list[dict[str, Any]] = []
         names = set(function_names(own))
+        tokens = _context_tokens(tokenizer, example, own)
         for other in pool[i + 1 :] + pool[:i]:
-            if _context_tokens(tokenizer, example, own + distractors) >= min_tokens:
+            if tokens >= min_tokens:
                 break
             fresh = [f for f in other.functions if f["name"] not in names]
-            if _context_tokens(tokenizer, example, own + distractors + fresh) > MAX_CONTEXT_TOKENS:
+            grown = _context_tokens(tokenizer, example, own + distractors + fresh)
+            if grown > MAX_CONTEXT_TOKENS:
                 continue
             distractors += fresh
             names.update(function_names(fresh))
+            tokens = grown
         at = random.Random(example.id).randint(0, len(distractors))
         tools = distractors[:at] + own + distractors[at:]
         if _context_tokens(tokenizer, example, tools) > MAX_CONTEXT_TOKENS:
