@@ -329,6 +329,7 @@ def served_mode(
                 completer = RecordingCompleter(engine, adapters, i, settings.cache.block_size, isolate)
                 result["outcomes"].append(asdict(await run_prompt(completer, prompt)))
                 completers.append(completer)
+                _report_progress(mode, i + 1, len(toolboxes), time.perf_counter() - started)
         result["workload_s"] = time.perf_counter() - started
         result["engine_blocks"] = await engine.cached_blocks() - blocks_before
         # vLLM's own block size: the cache's in the shared modes, vLLM's default otherwise.
@@ -351,6 +352,18 @@ def served_mode(
     finally:
         engine.shutdown()
     out.write_text(json.dumps(result))
+
+
+PROGRESS_EVERY = 10
+
+
+def _report_progress(mode: str, done: int, total: int, elapsed_s: float) -> None:
+    """A line on stderr every `PROGRESS_EVERY` prompts: a 200-prompt mode runs ten minutes."""
+    if done % PROGRESS_EVERY and done != total:
+        return
+    eta = elapsed_s / done * (total - done)
+    print(f"bench cache {mode}: {done}/{total} prompts, {elapsed_s:.0f} s, about {eta:.0f} s left",
+          file=sys.stderr, flush=True)
 
 
 READER_TTFT_ROUNDS = 5
