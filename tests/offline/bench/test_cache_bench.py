@@ -14,7 +14,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from agentstack.engine import chat_prompt_ids
-from agentstack.offline.bench.cache import SERVED_COMMAND, ModeRow, _served_figures
+from agentstack.offline.bench.cache import (
+    SERVED_COMMAND,
+    SERVED_MODES,
+    ModeRow,
+    _run_served,
+    _served_figures,
+    _served_key,
+    top_kl,
+)
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, examples
 from agentstack.offline.bench.cache_workload import (
     MAX_CONTEXT_TOKENS,
@@ -89,6 +97,25 @@ def test_served_figures_pair_readers_only_on_identical_prompts() -> None:
     assert row.served_agent_accuracy == 0.0 and row.served_single_accuracy == 1.0 and row.served_accuracy == 0.5
     assert row.bytes_per_context_token == 23040, "no memory-tier figure: the layout's stays"
     assert row.reader_ttft_vs_same_role_hit is None, "no reader TTFT probe in this run"
+
+
+def test_kl_reads_tokens_a_grammar_forbids_as_no_probability() -> None:
+    """Guided decoding lists forbidden tokens at -inf; the KL stays finite and is 0 on
+    identical distributions, positive on different ones."""
+    inf = float("inf")
+    same = {"a": -0.1, "b": -2.5, "c": -inf}
+    assert top_kl(same, dict(same)) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < top_kl(same, {"a": -2.5, "b": -0.1, "c": -inf}) < inf
+    assert top_kl({"a": -0.01, "b": -5.0}, {"a": -0.01, "b": -inf, "z": -7.0}) > 0
+
+
+def test_a_rerun_reuses_the_modes_already_served_with_the_same_adapters(tmp_path: Path) -> None:
+    """A run that failed after serving keeps each mode's figures; the rerun serves nothing
+    again, and figures kept for another workload are not taken for this one."""
+    for mode in SERVED_MODES:
+        (tmp_path / f"{mode}.json").write_text(json.dumps({"key": _served_key(3, 0), "result": {"mode": mode}}))
+    assert _run_served(3, 0, tmp_path) == {mode: {"mode": mode} for mode in SERVED_MODES}
+    assert _served_key(4, 0) != _served_key(3, 0)
 
 
 def test_reader_ttft_ratio_is_of_medians() -> None:
