@@ -613,8 +613,8 @@ def write_report(result: CacheBenchResult) -> None:
         f"--reference-prompts {result.config.reference_prompts} "
         f"--min-context-tokens {result.config.min_context_tokens}{'' if result.served else ' --no-served'}`",
         "",
-        f"Workload: the tool agent on {result.config.prompts} BFCL dev prompts (the four trained categories in turn), each a toolbox "
-        f"context of {result.context_tokens:.0f} tokens on average "
+        f"Workload: the tool agent on {result.config.prompts} BFCL dev prompts (the four trained "
+        f"categories in turn), each a toolbox context of {result.context_tokens:.0f} tokens on average "
         + ("(the entry's functions among others'). " if result.config.min_context_tokens
            else "(the entry's own functions). ")
         + f"The {BFCL_ROLES[0]} computes it; {', '.join(BFCL_ROLES[1:])} read it. One fresh engine per mode.",
