@@ -360,7 +360,7 @@ PROGRESS_EVERY = 10
 
 
 def _report_progress(mode: str, done: int, total: int, elapsed_s: float) -> None:
-    """A line on stderr every `PROGRESS_EVERY` prompts: a 200-prompt mode runs ten minutes."""
+    """A line on stderr every `PROGRESS_EVERY` prompts: 100 prompts take 8 to 23 minutes a mode."""
     if done % PROGRESS_EVERY and done != total:
         return
     eta = elapsed_s / done * (total - done)
