@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import json
 import math
 import subprocess
@@ -416,10 +415,10 @@ async def concurrent_prefill(engine: Engine, adapters: dict[str, Adapter], toolb
 
 def _served_key(prompts: int, min_context_tokens: int) -> dict[str, Any]:
     """What a mode's served figures depend on: the workload and the roles' weights."""
-    weights = hashlib.sha256()
-    for role in BFCL_ROLES:
-        weights.update((_adapter(role) / "adapter_model.safetensors").read_bytes())
-    return {"prompts": prompts, "min_context_tokens": min_context_tokens, "adapters": weights.hexdigest()}
+    from agentstack.model_prep import sha256_file
+
+    adapters = {role: sha256_file(_adapter(role) / "adapter_model.safetensors") for role in BFCL_ROLES}
+    return {"prompts": prompts, "min_context_tokens": min_context_tokens, "adapters": adapters}
 
 
 def _run_served(prompts: int, min_context_tokens: int, keep_dir: Path) -> dict[str, Any]:
@@ -447,7 +446,9 @@ def _run_served(prompts: int, min_context_tokens: int, keep_dir: Path) -> dict[s
                 check=True,
             )
             results[mode] = json.loads(out.read_text())
-            kept.write_text(json.dumps({"key": key, "result": results[mode]}))
+            partial = kept.with_suffix(".partial")  # a run killed mid-write leaves no half file
+            partial.write_text(json.dumps({"key": key, "result": results[mode]}))
+            partial.replace(kept)
     return results
 
 

@@ -111,7 +111,7 @@ def test_kl_reads_tokens_a_grammar_forbids_as_no_probability() -> None:
 
 def test_a_rerun_reuses_the_modes_already_served_with_the_same_adapters(tmp_path: Path) -> None:
     """A run that failed after serving keeps each mode's figures; the rerun serves nothing
-    again, and figures kept for another workload are not taken for this one."""
+    again. Another workload has another key, so its figures are not taken for this one."""
     for mode in SERVED_MODES:
         (tmp_path / f"{mode}.json").write_text(json.dumps({"key": _served_key(3, 0), "result": {"mode": mode}}))
     assert _run_served(3, 0, tmp_path) == {mode: {"mode": mode} for mode in SERVED_MODES}
