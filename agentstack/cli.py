@@ -299,10 +299,10 @@ def bench_low_rank(
     """Decomposed mode's per-role B eager against compiled (torch.compile, fullgraph)."""
     from agentstack.config import PACKAGE_DATA
     from agentstack.offline.bench.low_rank import LowRankBenchConfig, run_low_rank_bench, write_report
-    from cache.adapters import SharedA, group_by_shared_a
+    from cache.adapters import ADAPTER_CONFIG, SharedA, group_by_shared_a
 
     sizes = tuple(int(t) for t in tokens.split(",") if t.strip())
-    packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file()]
+    packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / ADAPTER_CONFIG).is_file()]
     rank = SharedA.of(group_by_shared_a(packaged)[0][0]).rank
     config = LowRankBenchConfig(tokens=sizes, slots=slots, repeats=repeats, report_dir=report_dir)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentstack.config import Settings
 from agentstack.errors import InvalidRequest
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from cache.modes import CacheMode
 
 if TYPE_CHECKING:
@@ -65,11 +66,11 @@ def adapter_modules(adapter_dir: Path) -> set[str]:
     from its config's module list when the weights are not in safetensors."""
     from safetensors import safe_open
 
-    weights = adapter_dir / "adapter_model.safetensors"
+    weights = adapter_dir / ADAPTER_WEIGHTS
     if weights.is_file():
         with safe_open(str(weights), "pt") as f:
             return {m.group(1) for key in f.keys() if (m := _LORA_WEIGHT.search(key)) is not None}
-    listed = json.loads((adapter_dir / "adapter_config.json").read_text()).get("target_modules")
+    listed = json.loads((adapter_dir / ADAPTER_CONFIG).read_text()).get("target_modules")
     return set(listed) if isinstance(listed, list) else set()
 
 
@@ -235,7 +236,7 @@ class Engine:
         configured = self.settings.cache.shared_a_adapter
         if configured is not None:
             return SharedA.of(configured)
-        packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / "adapter_config.json").is_file()]
+        packaged = [p for p in (PACKAGE_DATA / "adapters").iterdir() if (p / ADAPTER_CONFIG).is_file()]
         return SharedA.of(group_by_shared_a(packaged)[0][0])
 
     def shutdown(self) -> None:

@@ -26,6 +26,7 @@ from agentstack.metrics import Metrics
 from agentstack.model_prep import prepare
 from agentstack.redis_server import EmbeddedRedis
 from agentstack.roles import AdapterChange, AdapterStore, Role, RoleSpec, load_roles_file
+from cache.adapters import ADAPTER_CONFIG
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -303,7 +304,7 @@ class Service:
         resolved = candidate.resolve()
         if not resolved.is_relative_to(root):
             raise AdapterRequestError(f"lora_path must be inside the adapters root ({root})")
-        if not (resolved / "adapter_config.json").is_file():
+        if not (resolved / ADAPTER_CONFIG).is_file():
             raise AdapterRequestError(f"no adapter found at lora_path {raw!r}")
         return resolved
 

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-_WEIGHTS = "adapter_model.safetensors"
-_CONFIG = "adapter_config.json"
+# A PEFT adapter directory's files (peft's own names; importing peft for two constants
+# costs seconds in every process that reads an adapter).
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 _V_A = re.compile(r"layers\.(\d+)\.self_attn\.v_proj\.lora_A\.weight$")
 
 
@@ -31,11 +33,11 @@ def shared_a_fingerprint(adapter_dir: Path) -> str:
         ValueError: the adapter has no v_proj LoRA, or adapts k_proj (keys then differ
             per role and cannot be shared at all).
     """
-    config = json.loads((adapter_dir / _CONFIG).read_text())
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     if "k_proj" in set(config.get("target_modules") or []):
         raise ValueError(f"{adapter_dir.name} adapts k_proj: its keys cannot be shared")
     digest = hashlib.sha256(f"r={config['r']}".encode())
-    with safe_open(str(adapter_dir / _WEIGHTS), "pt") as f:
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), "pt") as f:
         layers = sorted(
             (int(m.group(1)), key) for key in f.keys() if (m := _V_A.search(key)) is not None
         )
@@ -68,7 +70,7 @@ class SharedA:
 
     @classmethod
     def of(cls, adapter_dir: Path) -> SharedA:
-        config = json.loads((adapter_dir / _CONFIG).read_text())
+        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         return cls(adapter_dir.resolve(), int(config["r"]), shared_a_fingerprint(adapter_dir))
 
     def is_member(self, adapter_dir: Path) -> bool:
@@ -80,7 +82,7 @@ class SharedA:
 def in_family(adapter_dir: Path, fingerprint: str) -> bool:
     """``SharedA.is_member`` by the family's fingerprint. The scheduler asks for every
     request: the answer is kept per adapter directory and weights file version."""
-    weights = adapter_dir / _WEIGHTS
+    weights = adapter_dir / ADAPTER_WEIGHTS
     return _in_family(adapter_dir, weights.stat().st_mtime_ns if weights.exists() else 0, fingerprint)
 
 

@@ -45,6 +45,7 @@ from vllm.model_executor.models.utils import WeightsMapper, extract_layer_index
 from vllm.platforms import current_platform
 from vllm.v1.attention.backend import AttentionType
 
+from cache.adapters import ADAPTER_WEIGHTS
 from cache.reference import padded_head_size
 from cache.vllm_plugin import SHARED_A_KEY
 
@@ -72,7 +73,7 @@ def lora_slots(layer: nn.Module, num_tokens: int) -> torch.Tensor | None:
 def _shared_a_file(adapter_dir: str) -> dict[int, torch.Tensor]:
     """Every layer's v_proj lora_A ``[r, hidden]`` of one adapter, read once per process."""
     weights: dict[int, torch.Tensor] = {}
-    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as f:
+    with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), "pt") as f:
         keys = set(f.keys())
         layer = 0
         while (key := _V_A_KEY.format(layer=layer)) in keys:

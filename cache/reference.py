@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 _MODEL_FILE = "model.safetensors"
-_ADAPTER_FILE = "adapter_model.safetensors"
-_ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +121,12 @@ def load_attention_weights(
 
 def load_role_lora(adapter_dir: Path, layer: int, *, dtype: torch.dtype = torch.float64) -> RoleLoRA:
     """A peft LoRA adapter's q/v/o pairs on one layer (scale alpha/r, or alpha/sqrt(r) rsLoRA)."""
-    config = json.loads((adapter_dir / _ADAPTER_CONFIG).read_text())
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
     scale = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
     prefix = f"base_model.model.model.layers.{layer}.self_attn"
     pairs: dict[str, LoRAPair] = {}
-    with safe_open(str(adapter_dir / _ADAPTER_FILE), "pt") as f:
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), "pt") as f:
         keys = set(f.keys())
         if f"{prefix}.k_proj.lora_A.weight" in keys:
             raise ValueError(f"{adapter_dir.name} adapts k_proj: its keys cannot be shared")

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 UNSUPPORTED_FLAGS = ("use_rslora", "use_dora")
 
 

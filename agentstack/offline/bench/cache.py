@@ -56,6 +56,7 @@ from agentstack.offline.bench.cache_workload import (
 from agentstack.chat.tool_prompts import arguments_messages, function_names, selector_messages, single_messages
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE
 from agentstack.offline.bench.report import grouped_bar_chart, markdown_table
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from agentstack.engine import Adapter, Engine
@@ -189,7 +190,7 @@ class CacheBenchResult:
 
 def _adapter(role: str) -> Path:
     path = PACKAGE_DATA / "adapters" / role
-    if not (path / "adapter_config.json").is_file():
+    if not (path / ADAPTER_CONFIG).is_file():
         raise ValueError(f"no packaged adapter named {role!r}")
     return path
 
@@ -417,7 +418,7 @@ def _served_key(prompts: int, min_context_tokens: int) -> dict[str, Any]:
     """What a mode's served figures depend on: the workload and the roles' weights."""
     from agentstack.model_prep import sha256_file
 
-    adapters = {role: sha256_file(_adapter(role) / "adapter_model.safetensors") for role in BFCL_ROLES}
+    adapters = {role: sha256_file(_adapter(role) / ADAPTER_WEIGHTS) for role in BFCL_ROLES}
     return {"prompts": prompts, "min_context_tokens": min_context_tokens, "adapters": adapters}
 
 
@@ -547,7 +548,7 @@ def run_cache_bench(settings: Settings, config: CacheBenchConfig) -> CacheBenchR
               if config.served else {})
     result.served = served
     shape = ModelShape.from_model_dir(model_dir)
-    rank = json.loads((_adapter(BFCL_ROLES[0]) / "adapter_config.json").read_text())["r"]
+    rank = json.loads((_adapter(BFCL_ROLES[0]) / ADAPTER_CONFIG).read_text())["r"]
     for mode in CacheMode:
         layout = BlockLayout(shape, mode, rank=rank if mode.stores_low_rank else 0)
         # The decomposed model pads each KV head to a kernel head size (64 + r -> 80).

@@ -26,6 +26,7 @@ from agentstack.auth import tenant_label
 from agentstack.chat.dispatch import TOOL_CALLING_MODEL
 from agentstack.offline.bench.report import bar_chart, markdown_table
 from agentstack.offline.bench.server import ADMIN_KEY, RESTRICTED_ROLES, TENANT_KEYS, ServerProcess, bearer
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 LOAD_QUESTIONS = ["Name a primary color.", "What is 2 plus 3?", "Give a synonym for fast.",
                   "Name a planet.", "Say hello in French.", "Name a fruit that is yellow."]
@@ -320,10 +321,10 @@ async def bad_adapters(server: ServerProcess) -> FaultRow:
     """A corrupt and a missing adapter: 4xx on load, other roles unaffected."""
     corrupt = server.adapters_root / "corrupt"
     corrupt.mkdir(parents=True, exist_ok=True)
-    (corrupt / "adapter_config.json").write_text(json.dumps({
+    (corrupt / ADAPTER_CONFIG).write_text(json.dumps({
         "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
         "base_model_name_or_path": "x", "task_type": "CAUSAL_LM"}))
-    (corrupt / "adapter_model.safetensors").write_bytes(b"\x00not a safetensors file" * 64)
+    (corrupt / ADAPTER_WEIGHTS).write_bytes(b"\x00not a safetensors file" * 64)
     statuses = []
     async with httpx.AsyncClient(base_url=server.base_url, headers=bearer(ADMIN_KEY), timeout=600) as client:
         for path in (str(corrupt), str(server.adapters_root / "missing")):

@@ -37,6 +37,8 @@ from rich.progress import (
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
+from cache.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -44,8 +46,6 @@ CACHE_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
 FORBIDDEN_TARGET_MODULES = frozenset({"k_proj"})
 SHARED_MODULE = "v_proj"
 BASE_MODEL_NAME = "smollm2-135m-instruct"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 CHECKPOINT_DIR = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
 TRAINING_RECORD = "training.json"
