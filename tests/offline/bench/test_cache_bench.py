@@ -109,9 +109,17 @@ def test_kl_reads_tokens_a_grammar_forbids_as_no_probability() -> None:
     assert top_kl({"a": -0.01, "b": -5.0}, {"a": -0.01, "b": -inf, "z": -7.0}) > 0
 
 
-def test_a_rerun_reuses_the_modes_already_served_with_the_same_adapters(tmp_path: Path) -> None:
+def test_a_rerun_reuses_the_modes_already_served_with_the_same_adapters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run that failed after serving keeps each mode's figures; the rerun serves nothing
-    again. Another workload has another key, so its figures are not taken for this one."""
+    again and starts no Redis. Another workload has another key, so its figures are not
+    taken for this one."""
+
+    def no_redis(*_: object) -> None:
+        raise AssertionError("a rerun with every mode kept started Redis")
+
+    monkeypatch.setattr("agentstack.redis_server.EmbeddedRedis", no_redis)
     for mode in SERVED_MODES:
         (tmp_path / f"{mode}.json").write_text(json.dumps({"key": _served_key(3, 0), "result": {"mode": mode}}))
     assert _run_served(3, 0, tmp_path) == {mode: {"mode": mode} for mode in SERVED_MODES}
