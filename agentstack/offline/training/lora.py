@@ -486,6 +486,11 @@ def _write_adapter(model: Any, spec: TrainSpec, card: str) -> None:
     (spec.out_dir / "README.md").write_text(card, encoding="utf-8")
 
 
+def _minutes_left(state: _RunState, total: int) -> float:
+    """At the pace of the steps so far (resumed runs count their earlier time too)."""
+    return state.seconds / max(state.step, 1) * (total - state.step) / 60
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]train[/] {task.description}"),
@@ -591,11 +596,13 @@ def train_lora(spec: TrainSpec) -> TrainResult:
             if state.step % spec.checkpoint_every == 0 and state.step < total:
                 _save_checkpoint(model, optimizer, scheduler, state, spec)
                 recent = state.losses[-spec.checkpoint_every :]
-                logger.info(
-                    "%s: checkpoint at step %d, mean loss since last %.4f",
+                logger.info(  # the progress bar draws nothing when the output is a file
+                    "%s: checkpoint at step %d/%d, mean loss since last %.4f, about %.0f min left",
                     spec.out_dir.name,
                     state.step,
+                    total,
                     sum(recent) / len(recent),
+                    _minutes_left(state, total),
                 )
 
     tail = state.losses[-10:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def _examples(path: Path) -> Path:
 
 
 def test_tiny_run_resumes_and_shares_v_proj_a(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = _examples(tmp_path / "tiny.jsonl")
     spec = TrainSpec(
@@ -139,9 +140,10 @@ def test_tiny_run_resumes_and_shares_v_proj_a(
         raise RuntimeError("simulated crash before the final save")
 
     monkeypatch.setattr(lora, "_write_adapter", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match="simulated crash"), caplog.at_level(logging.INFO, lora.__name__):
         train_lora(spec)
     monkeypatch.undo()
+    assert any("checkpoint at step 2/3" in m and "min left" in m for m in caplog.messages), caplog.messages
     checkpoint = spec.out_dir / "checkpoint"
     assert not (spec.out_dir / "adapter_model.safetensors").exists()
     saved_step = torch.load(checkpoint / "trainer_state.pt", weights_only=True)["step"]
