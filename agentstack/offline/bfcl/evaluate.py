@@ -49,6 +49,29 @@ class EvalMode(str, enum.Enum):
     ROLES = "roles"
 
 
+class MissKind(str, enum.Enum):
+    """Where a wrong answer went wrong, by the functions it named against the entry's own."""
+
+    CALLS = "right functions, wrong calls"
+    SOME = "some of the functions"
+    OTHER = "other functions"
+    NONE = "no function"
+
+
+def miss_kind(example: BfclExample, named: Sequence[str]) -> MissKind | None:
+    """`named`: the selector's choice in `roles`, the called functions otherwise. None for
+    an entry that calls nothing (relevance categories have no functions to get right)."""
+    wanted = {call["name"] for call in example.reference_calls()}
+    chosen = set(named)
+    if not wanted:
+        return None
+    if not chosen:
+        return MissKind.NONE
+    if chosen == wanted:
+        return MissKind.CALLS
+    return MissKind.SOME if chosen < wanted else MissKind.OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class EvalConfig:
     categories: tuple[str, ...]
@@ -79,6 +102,7 @@ class CategoryScore:
     wall_s: float = 0.0
     listing: str = "as given"
     by_position: dict[int, list[int]] = field(default_factory=dict)
+    misses: dict[MissKind, int] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -100,7 +124,8 @@ class CategoryScore:
         return {"category": self.category, "mode": self.mode.value, "listing": self.listing, "n": self.n,
                 "correct": self.correct, "accuracy": round(self.accuracy, 4),
                 "by_position": {str(p): [n, c] for p, (n, c) in sorted(self.by_position.items())},
-                "position_spread": round(spread, 4) if spread is not None else None}
+                "position_spread": round(spread, 4) if spread is not None else None,
+                "misses": {kind.value: count for kind, count in self.misses.items()}}
 
 
 def eval_examples(category: str, limit: int | None) -> tuple[str, list[BfclExample]]:
@@ -181,7 +206,11 @@ async def score_category(
         score.prompt_tokens += outcome.prompt_tokens
         score.generated_tokens += outcome.generated_tokens
         if not verdict.correct:
+            kind = miss_kind(example, outcome.selected or [c["name"] for c in outcome.calls])
+            if kind is not None:
+                score.misses[kind] = score.misses.get(kind, 0) + 1
             score.failures.append({"id": example.id, "error": error or verdict.error,
+                                   "kind": kind.value if kind else None,
                                    "calls": outcome.calls, "steps": outcome.steps})
         if progress is not None and task is not None:
             progress.advance(task)
@@ -232,6 +261,8 @@ def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Pat
          s.prompt_tokens, s.generated_tokens, f"{s.wall_s:.1f}"]
         for s in scores
     ]
+    miss_rows = [[s.category, s.mode.value, s.listing, s.n - s.correct, *(s.misses.get(k, 0) for k in MissKind)]
+                 for s in scores if s.misses]
     text = (
         "# BFCL evaluation\n\n"
         "Scored by bfcl-eval's AST checker; each row ran through the serving engine. By position:\n"
@@ -239,6 +270,10 @@ def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Pat
         + markdown_table(["category", "mode", "listing", "correct", "accuracy", "by position", "spread",
                           "prompt tokens", "generated tokens", "wall s"], rows)
         + f"\n\n![accuracy]({plot.name})\n"
+        + ("\n## Where the misses went wrong\n\nBy the functions a wrong answer named (in `roles`, the "
+           "selector's choice) against the entry's own; `eval-bfcl-misses.jsonl` has each one.\n\n"
+           + markdown_table(["category", "mode", "listing", "misses", *(k.value for k in MissKind)], miss_rows)
+           + "\n" if miss_rows else "")
     )
     report = report_dir / "eval-bfcl.md"
     report.write_text(text, encoding="utf-8")

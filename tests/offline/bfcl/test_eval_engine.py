@@ -33,7 +33,11 @@ def test_eval_bfcl_cli_scores_trained_and_untrained_categories(
     ]
     for r in results:
         assert set(r) == {"category", "mode", "listing", "n", "correct", "accuracy", "by_position",
-                          "position_spread"}
+                          "position_spread", "misses"}
+        if r["category"] == "simple_python":  # every miss of a calling entry gets its kind
+            assert sum(r["misses"].values()) == r["n"] - r["correct"]
+        else:
+            assert r["misses"] == {}
         assert r["listing"] == "as given"
         assert r["n"] == 3 and 0 <= r["correct"] <= 3
         assert r["accuracy"] == pytest.approx(r["correct"] / 3, abs=1e-4)

@@ -1,0 +1,30 @@
+"""How `eval bfcl` tells where a wrong answer went wrong (no engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentstack.offline.bfcl.dataset import examples
+from agentstack.offline.bfcl.evaluate import CategoryScore, EvalMode, MissKind, miss_kind, write_report
+
+
+def test_a_miss_is_told_by_the_functions_it_named() -> None:
+    entry = next(e for e in examples("parallel_multiple", "dev")
+                 if len({c["name"] for c in e.reference_calls()}) >= 2)
+    wanted = list(dict.fromkeys(c["name"] for c in entry.reference_calls()))
+    assert miss_kind(entry, wanted) is MissKind.CALLS
+    assert miss_kind(entry, wanted[:1]) is MissKind.SOME
+    assert miss_kind(entry, [*wanted, "some_other_function"]) is MissKind.OTHER
+    assert miss_kind(entry, []) is MissKind.NONE
+    [irrelevant] = examples("irrelevance")[:1]
+    assert miss_kind(irrelevant, ["anything"]) is None
+
+
+def test_the_report_counts_misses_by_kind(tmp_path: Path) -> None:
+    score = CategoryScore(category="parallel", mode=EvalMode.ROLES, part="dev", n=10, correct=4,
+                          misses={MissKind.CALLS: 5, MissKind.SOME: 1})
+    report, _ = write_report([score], tmp_path)
+    text = report.read_text()
+    assert "## Where the misses went wrong" in text
+    assert "| parallel | roles | as given | 6 | 5 | 1 | 0 | 0 |" in text
+    assert score.summary()["misses"] == {"right functions, wrong calls": 5, "some of the functions": 1}
