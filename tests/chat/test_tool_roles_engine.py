@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentstack.chat.call_grammar import call_lines_grammar, selection_grammar
+from agentstack.chat.call_grammar import MAX_LINES, call_lines_grammar, selection_grammar
 from agentstack.chat.tool_prompts import NONE_SELECTED, arguments_messages, parse_calls, selector_messages
 from agentstack.config import Settings
 from agentstack.service import Service
@@ -37,7 +37,9 @@ async def test_grammars_hold_an_untrained_model_to_the_answer_formats(model_dir:
     try:
         base = service.base_name
         free = await service.complete(base, selector_messages(QUESTION, TOOLS), 24)
-        picked = await service.complete(base, selector_messages(QUESTION, TOOLS), 24,
+        # Room for the grammar's most lines (an untrained model may repeat a name until
+        # then), so the reply ends by the grammar, not cut inside a name by the budget.
+        picked = await service.complete(base, selector_messages(QUESTION, TOOLS), 12 * MAX_LINES,
                                         grammar=selection_grammar(TOOLS))
         filled = await service.complete(base, arguments_messages(QUESTION, TOOLS, "get_weather"), 96,
                                         grammar=call_lines_grammar(TOOLS[:1], allow_none=False))
