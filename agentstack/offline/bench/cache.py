@@ -430,9 +430,12 @@ def _run_served(prompts: int, min_context_tokens: int, keep_dir: Path) -> dict[s
 
     key = _served_key(prompts, min_context_tokens)
     keep_dir.mkdir(parents=True, exist_ok=True)
-    results = {mode: kept for mode in SERVED_MODES if (kept := _kept_result(keep_dir / f"{mode}.json", key))}
-    for mode in results:
-        print(f"bench cache {mode}: reusing {keep_dir / f'{mode}.json'}", file=sys.stderr, flush=True)
+    paths = {mode: keep_dir / f"{mode}.json" for mode in SERVED_MODES}
+    results: dict[str, Any] = {}
+    for mode, path in paths.items():
+        if (kept := _kept_result(path, key)) is not None:
+            print(f"bench cache {mode}: reusing {path}", file=sys.stderr, flush=True)
+            results[mode] = kept
     if len(results) == len(SERVED_MODES):
         return results
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as server:
@@ -444,10 +447,9 @@ def _run_served(prompts: int, min_context_tokens: int, keep_dir: Path) -> dict[s
                 check=True,
             )
             results[mode] = json.loads(out.read_text())
-            kept = keep_dir / f"{mode}.json"
-            partial = kept.with_suffix(".partial")  # a run killed mid-write leaves no half file
+            partial = paths[mode].with_suffix(".partial")  # a run killed mid-write leaves no half file
             partial.write_text(json.dumps({"key": key, "result": results[mode]}))
-            partial.replace(kept)
+            partial.replace(paths[mode])
     return {mode: results[mode] for mode in SERVED_MODES}
 
 
