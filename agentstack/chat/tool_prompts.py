@@ -23,7 +23,6 @@ TOOLS_PREAMBLE = (
     "You can call these functions. Parameters marked * are required; "
     "`= value` shows a default."
 )
-MAX_PARAM_DESCRIPTION_CHARS = 80
 
 Message = dict[str, str]
 Call = dict[str, Any]
@@ -51,12 +50,15 @@ def _param_line(name: str, schema: Mapping[str, Any], required: bool) -> str:
         parts.append(f" = {json.dumps(schema['default'])}")
     description = " ".join(str(schema.get("description", "")).split())
     if description:
-        parts.append(f" - {description[:MAX_PARAM_DESCRIPTION_CHARS]}")
+        parts.append(f" - {description}")
     return "".join(parts)
 
 
 def render_function(tool: Mapping[str, Any]) -> str:
-    """One function as a short signature block: far fewer tokens than its JSON schema."""
+    """One function as a short signature block: far fewer tokens than its JSON schema.
+
+    Descriptions stay whole: the long ones are those that state a value's format
+    ("City, Country"), and a cut one left the writer copying its fragment as the value."""
     spec = function_spec(tool)
     params = spec.get("parameters") or {}
     properties: Mapping[str, Any] = params.get("properties") or {}

@@ -14,7 +14,11 @@ Hammer's function masking and irrelevance augmentation), all from the train spli
   answer `none` (the tool-calling path then answers in words), and `none` says nothing
   about a listing's size;
 - in `MASKED_SHARE` of each kind of example every name in the listing, function and
-  parameter, is a random identifier, so the choice must come from the descriptions.
+  parameter, is a random identifier, so the choice must come from the descriptions;
+- composed requests (`COMPOSED_SHARE` of the sample) ask two or three of its questions
+  at once, about unrelated functions, and are answered with all their calls: the roles
+  measured stopping early (one call of two, some of the functions of a
+  `parallel_multiple` request), and a request that asks several things must be counted.
 
 Distractors are never the question's own functions nor look like them (`unrelated_functions`):
 an irrelevance copy that still listed a function answering its question would teach a
@@ -61,6 +65,12 @@ MASKED_SHARE = 0.2
 IRRELEVANT_SHARE = 0.15
 LONG_IRRELEVANT_SHARE = 0.1
 LONG_SHARE = 0.3
+# Composed requests per sampled question, each of 2 or 3 single-question entries.
+COMPOSED_SHARE = 0.25
+COMPOSED_SIZES = (2, 3)
+COMPOSED_PREFIX = "composed:"
+# How a later question is joined to the ones before it.
+_JOINERS = (" Also, ", " Additionally, ", "\n")
 # Long toolboxes span the sizes evaluated (`eval bfcl --toolbox 1500` counts real tokens;
 # the estimate here runs about 5% above the packaged tokenizer's count).
 LONG_TOOLBOX_TOKENS = (700, 1650)
@@ -106,6 +116,7 @@ class Listed:
     calls: list[Call]
     masked: bool = False
     long_toolbox: bool = False
+    parts: tuple[str, ...] = ()
 
 
 # Words that say nothing about what a function is for: stopwords, and the verbs and nouns
@@ -183,6 +194,68 @@ def unrelated_functions(example: BfclExample, pool: Sequence[Function]) -> list[
     own = [_Topic.of(f) for f in example.functions]
     about = _topic_words(_question_text(example.messages)).union(*(t.name | t.description for t in own))
     return [f for f in pool if f["name"] not in own_names and not _alike(_Topic.of(f), about, own)]
+
+
+def _asks_one_question(example: BfclExample) -> bool:
+    return len(example.messages) == 1 and example.messages[0].get("role") == "user"
+
+
+def _joined(first: str, later: str, joiner: str) -> str:
+    """`later` appended to `first` as a second request of the same user turn."""
+    first = first.rstrip()
+    if first[-1:] not in ".?!":
+        first += "."
+    words = later.split(maxsplit=1)
+    lower = joiner.strip() and words and words[0][:1].isupper() and words[0][1:].islower() and words[0] != "I"
+    return f"{first}{joiner}{later[0].lower() + later[1:] if lower else later}"
+
+
+def _composed(parts: Sequence[BfclExample], rng: random.Random) -> BfclExample:
+    """One request asking every part's question, answered by all their calls in order."""
+    text = str(parts[0].messages[0]["content"])
+    for part in parts[1:]:
+        text = _joined(text, str(part.messages[0]["content"]), rng.choice(_JOINERS))
+    return BfclExample(
+        id=COMPOSED_PREFIX + "+".join(p.id for p in parts),
+        category=parts[0].category,
+        messages=[{"role": "user", "content": text}],
+        functions=[f for p in parts for f in p.functions],
+        ground_truth=[entry for p in parts for entry in p.ground_truth or []],
+    )
+
+
+def composed_parts(example_id: str) -> tuple[str, ...]:
+    """The entry ids a composed request was made of; () for any other id."""
+    if not example_id.startswith(COMPOSED_PREFIX):
+        return ()
+    return tuple(example_id.removeprefix(COMPOSED_PREFIX).split("+"))
+
+
+def composed_examples(pool: Sequence[BfclExample], unrelated: dict[str, list[Function]],
+                      seed: int) -> list[tuple[BfclExample, list[Function]]]:
+    """`COMPOSED_SHARE` of `pool` as requests of 2-3 of its one-question entries whose
+    functions are unrelated to each other's (no part's call could answer another part),
+    each with the distractors unrelated to all of its parts. An entry joins at most one."""
+    rng = random.Random(f"{seed}:compose")
+    unrelated_names = {e.id: {str(f["name"]) for f in unrelated[e.id]} for e in pool}
+    free = [e for e in pool if _asks_one_question(e) and e.ground_truth]
+    rng.shuffle(free)
+    out = []
+    while free and len(out) < round(COMPOSED_SHARE * len(pool)):
+        parts = [free.pop()]
+        size = rng.choice(COMPOSED_SIZES)
+        for candidate in list(free):
+            if len(parts) == size:
+                break
+            if all(set(function_names(candidate.functions)) <= unrelated_names[p.id]
+                   and set(function_names(p.functions)) <= unrelated_names[candidate.id] for p in parts):
+                parts.append(candidate)
+                free.remove(candidate)
+        if len(parts) < 2:
+            continue
+        shared = set.intersection(*(unrelated_names[p.id] for p in parts))
+        out.append((_composed(parts, rng), [f for f in unrelated[parts[0].id] if f["name"] in shared]))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +362,7 @@ def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED, *,
     candidates = distractor_pool() if distractors is None else distractors
     unrelated = {e.id: unrelated_functions(e, candidates) for e in pool}
     answered = [_answered(e, unrelated[e.id], seed) for e in pool]
+    answered += [_answered(e, others, seed) for e, others in composed_examples(pool, unrelated, seed)]
     rng = random.Random(f"{seed}:mix")
     few, long = _by_size(answered)
     shapes = [few[i] for i in _spread(len(few), IRRELEVANT_SHARE, rng)]
@@ -304,8 +378,8 @@ def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED, *,
         functions, calls = draft.functions, draft.calls
         if draft.id in masked:
             functions, calls = _masked(functions, calls, random.Random(f"{seed}:{draft.id}:mask"))
-        out.append(Listed(draft.id, draft.example.messages, functions, calls,
-                          masked=draft.id in masked, long_toolbox=draft.budget is not None))
+        out.append(Listed(draft.id, draft.example.messages, functions, calls, masked=draft.id in masked,
+                          long_toolbox=draft.budget is not None, parts=composed_parts(draft.id)))
     return out
 
 

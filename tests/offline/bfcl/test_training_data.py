@@ -24,11 +24,14 @@ from agentstack.chat.tool_prompts import (
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples, load_split
 from agentstack.offline.bfcl.listings import distractor_pool, listing_tokens
 from agentstack.offline.bfcl.training_data import (
+    COMPOSED_SHARE,
+    DATA_SEED,
     LONG_TOOLBOX_TOKENS,
     MASKED_SHARE,
     Listed,
     ToolRole,
     approx_tokens,
+    composed_examples,
     listed_examples,
     role_chats,
     role_mix,
@@ -51,6 +54,13 @@ def pool() -> list[BfclExample]:
 @pytest.fixture(scope="module")
 def items(pool: list[BfclExample]) -> list[Listed]:
     return listed_examples(pool)
+
+
+@pytest.fixture(scope="module")
+def by_id(pool: list[BfclExample]) -> dict[str, BfclExample]:
+    """Every question the data asks, by id: the sampled entries and the composed requests."""
+    unrelated = {e.id: unrelated_functions(e, distractor_pool()) for e in pool}
+    return {e.id: e for e in pool} | {e.id: e for e, _ in composed_examples(pool, unrelated, DATA_SEED)}
 
 
 def listing_of(chat: dict) -> str:
@@ -81,7 +91,7 @@ def test_training_uses_only_train_ids_of_trained_categories(pool: list[BfclExamp
     assert {e.category for e in pool} == set(TRAIN_CATEGORIES)
     assert not {e.id for e in pool} & dev
     assert [e.id for e in pool] == [e.id for e in train_examples()], "the sample is fixed"
-    assert {i.id.removesuffix(":none") for i in items} == {e.id for e in pool}
+    assert {p for i in items for p in i.parts or [i.id.removesuffix(":none")]} == {e.id for e in pool}
     train_functions = {f["name"] for c in TRAIN_CATEGORIES for e in examples(c, "train") for f in e.functions}
     train_descriptions = {f.get("description") for c in TRAIN_CATEGORIES for e in examples(c, "train")
                           for f in e.functions}
@@ -156,8 +166,7 @@ def test_none_is_as_likely_for_every_listing_size(pool: list[BfclExample], role:
 
 
 def test_irrelevance_copies_are_sized_like_answered_listings_not_like_their_entry(
-        pool: list[BfclExample], items: list[Listed]) -> None:
-    by_id = {e.id: e for e in pool}
+        by_id: dict[str, BfclExample], items: list[Listed]) -> None:
     few = [i for i in items if not i.long_toolbox]
     answered, copies = [i for i in few if i.calls], [i for i in few if not i.calls]
 
@@ -180,10 +189,10 @@ def test_long_toolboxes_mostly_hold_their_answer(items: list[Listed]) -> None:
     assert all({c["name"] for c in i.calls} <= set(function_names(i.functions)) for i in long)
 
 
-def test_irrelevance_copies_list_no_function_that_answers(pool: list[BfclExample], items: list[Listed]) -> None:
+def test_irrelevance_copies_list_no_function_that_answers(pool: list[BfclExample], by_id: dict[str, BfclExample],
+                                                          items: list[Listed]) -> None:
     """Nothing of the entry's own, described or named alike, is in its copy's listing; no
     answered listing has a second function alike the answer among its distractors."""
-    by_id = {e.id: e for e in pool}
     copies = [i for i in items if not i.calls]
     assert 0.1 * len(pool) < len(copies) < 0.3 * len(pool)
     for item in items:
@@ -245,9 +254,8 @@ def test_an_everyday_question_is_never_none_while_a_function_for_it_is_listed() 
         assert len(listed) == bool(item.calls), item.id
 
 
-def test_masking_renames_the_whole_listing_so_no_name_marks_the_answer(pool: list[BfclExample],
+def test_masking_renames_the_whole_listing_so_no_name_marks_the_answer(by_id: dict[str, BfclExample],
                                                                          items: list[Listed]) -> None:
-    by_id = {e.id: e for e in pool}
     masked = [i for i in items if i.masked]
     for kind in ([i for i in items if i.calls], [i for i in items if not i.calls],
                  [i for i in items if i.long_toolbox], [i for i in items if not i.long_toolbox]):
@@ -275,6 +283,54 @@ def test_masking_renames_the_whole_listing_so_no_name_marks_the_answer(pool: lis
                 "arguments"].items()
             assert function["parameters"].get("required", []) == [
                 renamed[p] for p in original["parameters"].get("required", [])]
+
+
+def test_composed_requests_ask_unrelated_questions_at_once_and_get_every_call(
+        pool: list[BfclExample], by_id: dict[str, BfclExample], items: list[Listed]) -> None:
+    """A request of two or three train questions is answered by all of their calls, in
+    order; no part's functions could answer another part, and each entry joins one."""
+    composed = [i for i in items if i.parts]
+    assert abs(len(composed) - COMPOSED_SHARE * len(pool)) <= 1
+    assert {len(i.parts) for i in composed} == {2, 3}
+    parts = [p for i in composed for p in i.parts]
+    assert len(parts) == len(set(parts)) and set(parts) <= {e.id for e in pool}
+    assert {by_id[p].category for p in parts} == set(TRAIN_CATEGORIES)
+    for item in composed:
+        entries = [by_id[p] for p in item.parts]
+        question = item.messages[0]["content"]
+        assert len(item.messages) == 1 and item.messages[0]["role"] == "user"
+        for entry in entries:
+            asked = entry.messages[0]["content"].strip()
+            assert asked[1:] in question, (item.id, asked)
+        assert len(item.calls) == sum(len(e.reference_calls()) for e in entries)
+        if item.masked:
+            continue
+        assert item.calls == [c for e in entries for c in e.reference_calls()]
+        for entry in entries:
+            others = [f for e in entries if e is not entry for f in e.functions]
+            assert function_names(unrelated_functions(entry, others)) == function_names(others), item.id
+        listed = set(function_names(item.functions))
+        assert {f["name"] for e in entries for f in e.functions} <= listed
+
+
+def test_composed_requests_teach_each_role_every_call(pool: list[BfclExample], items: list[Listed]) -> None:
+    """The selector names every function asked for, `single` writes every call, and the
+    arguments writer gets one chat per function with all of that function's calls."""
+    composed = {i.id: i for i in items if i.parts}
+    selector = [c for c in role_chats(ToolRole.SELECTOR, pool) if c["id"] in composed]
+    single = [c for c in role_chats(ToolRole.SINGLE, pool) if c["id"] in composed]
+    arguments = [c for c in role_chats(ToolRole.ARGUMENTS, pool) if c["id"].rsplit(":", 1)[0] in composed]
+    assert len(selector) == len(single) == len(composed)
+    for chat in selector:
+        item = composed[chat["id"]]
+        names = parse_selection(chat["messages"][-1]["content"], item.functions)
+        assert names == list(dict.fromkeys(c["name"] for c in item.calls)) and len(names) >= 2
+    for chat in single:
+        item = composed[chat["id"]]
+        assert parse_calls(chat["messages"][-1]["content"], item.functions) == item.calls
+    assert len(arguments) == sum(len({c["name"] for c in i.calls}) for i in composed.values())
+    assert any(len(parse_calls(c["messages"][-1]["content"], composed[c["id"].rsplit(":", 1)[0]].functions)) > 1
+               for c in arguments)
 
 
 def test_masking_also_renames_an_argument_the_listing_lacks() -> None:
