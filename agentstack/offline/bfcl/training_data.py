@@ -55,7 +55,7 @@ from agentstack.offline.bfcl.listings import distractor_pool, fitting, listing_t
 
 DATA_SEED = 7
 # Training on a 2-core CPU runs at 200-350 tokens/s (bf16), so each role sees a fixed
-# sample of the train split (350 / 150 / 150 / 150 ids), the same ids for every role.
+# sample of the train split (200 / 100 / 100 / 100 ids), the same ids for every role.
 TRAIN_PER_CATEGORY = {"simple_python": 200, "multiple": 100, "parallel": 100, "parallel_multiple": 100}
 MASKED_SHARE = 0.2
 # Irrelevance copies per answered listing of the same kind. Long toolboxes get fewer: a
