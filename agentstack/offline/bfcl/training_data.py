@@ -23,7 +23,10 @@ Hammer's function masking and irrelevance augmentation), all from the train spli
 Distractors are never the question's own functions nor look like them (`unrelated_functions`):
 an irrelevance copy that still listed a function answering its question would teach a
 wrong `none`. BFCL's trained categories always have a function to call, so irrelevance
-comes only from leaving it out; nothing from evaluation-only categories is used.
+comes only from leaving it out; nothing from evaluation-only categories is used. Beside
+the BFCL sample, `EVALUATOR_REQUESTS` made-up arithmetic requests for an expression
+evaluator (`evaluator_requests`) keep the irrelevance copies from teaching that arithmetic
+is never a tool call.
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ from agentstack.chat.tool_prompts import (
     single_messages,
 )
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
+from agentstack.offline.bfcl.evaluator_requests import evaluator_examples
 from agentstack.offline.bfcl.listings import distractor_pool, fitting, listing_tokens
 
 DATA_SEED = 7
 # Training on a 2-core CPU runs at 200-350 tokens/s (bf16), so each role sees a fixed
 # sample of the train split (200 / 100 / 100 / 100 ids), the same ids for every role.
 TRAIN_PER_CATEGORY = {"simple_python": 200, "multiple": 100, "parallel": 100, "parallel_multiple": 100}
+# Made-up arithmetic requests for an expression evaluator, about a tenth of the sample.
+EVALUATOR_REQUESTS = 50
 MASKED_SHARE = 0.2
 # Irrelevance copies per answered listing of the same kind. Long toolboxes get fewer: a
 # 135M model took "long listing -> none" from copies of them, and there the answer is
@@ -95,14 +101,15 @@ class ToolRole(str, enum.Enum):
 
 
 def train_examples(seed: int = DATA_SEED) -> list[BfclExample]:
-    """The fixed training sample: per trained category, a seeded draw from its train split."""
+    """The fixed training sample: per trained category, a seeded draw from its train split,
+    then the evaluator requests."""
     rng = random.Random(seed)
     chosen: list[BfclExample] = []
     for category in TRAIN_CATEGORIES:
         pool = examples(category, "train")
         picked = set(rng.sample(range(len(pool)), min(TRAIN_PER_CATEGORY[category], len(pool))))
         chosen += [e for i, e in enumerate(pool) if i in picked]
-    return chosen
+    return chosen + evaluator_examples(EVALUATOR_REQUESTS, seed)
 
 
 @dataclass(frozen=True, slots=True)

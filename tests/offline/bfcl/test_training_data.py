@@ -22,10 +22,12 @@ from agentstack.chat.tool_prompts import (
     parse_selection,
 )
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples, load_split
+from agentstack.offline.bfcl.evaluator_requests import EVALUATOR_CATEGORY, EVALUATORS
 from agentstack.offline.bfcl.listings import distractor_pool, listing_tokens
 from agentstack.offline.bfcl.training_data import (
     COMPOSED_SHARE,
     DATA_SEED,
+    EVALUATOR_REQUESTS,
     LONG_TOOLBOX_TOKENS,
     MASKED_SHARE,
     Listed,
@@ -87,14 +89,20 @@ def core_name(name: str) -> frozenset[str]:
 
 
 def test_training_uses_only_train_ids_of_trained_categories(pool: list[BfclExample], items: list[Listed]) -> None:
+    """BFCL entries come from the trained categories' train split; the rest of the sample
+    is the made-up evaluator requests, listing only the made-up evaluators."""
     dev = {i for ids in load_split().dev.values() for i in ids}
-    assert {e.category for e in pool} == set(TRAIN_CATEGORIES)
-    assert not {e.id for e in pool} & dev
+    bfcl = [e for e in pool if e.category != EVALUATOR_CATEGORY]
+    assert {e.category for e in bfcl} == set(TRAIN_CATEGORIES)
+    assert not {e.id for e in bfcl} & dev
+    assert len(pool) - len(bfcl) == EVALUATOR_REQUESTS
     assert [e.id for e in pool] == [e.id for e in train_examples()], "the sample is fixed"
     assert {p for i in items for p in i.parts or [i.id.removesuffix(":none")]} == {e.id for e in pool}
+    evaluators = [e.function() for e in EVALUATORS]
     train_functions = {f["name"] for c in TRAIN_CATEGORIES for e in examples(c, "train") for f in e.functions}
+    train_functions |= set(function_names(evaluators))
     train_descriptions = {f.get("description") for c in TRAIN_CATEGORIES for e in examples(c, "train")
-                          for f in e.functions}
+                          for f in e.functions} | {f["description"] for f in evaluators}
     for item in items:
         assert {f.get("description") for f in item.functions} <= train_descriptions
         if not item.masked:
