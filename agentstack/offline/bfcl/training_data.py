@@ -231,15 +231,18 @@ def _composed(parts: Sequence[BfclExample], rng: random.Random) -> BfclExample:
     )
 
 
-def composed_parts(example_id: str) -> tuple[str, ...]:
-    """The entry ids a composed request was made of; () for any other id."""
-    if not example_id.startswith(COMPOSED_PREFIX):
-        return ()
-    return tuple(example_id.removeprefix(COMPOSED_PREFIX).split("+"))
+@dataclass(frozen=True, slots=True)
+class ComposedRequest:
+    """A request asking several sampled questions at once: the entry ids it was made of,
+    and the distractors unrelated to every one of them."""
+
+    example: BfclExample
+    parts: tuple[str, ...]
+    distractors: list[Function]
 
 
 def composed_examples(pool: Sequence[BfclExample], unrelated: dict[str, list[Function]],
-                      seed: int) -> list[tuple[BfclExample, list[Function]]]:
+                      seed: int) -> list[ComposedRequest]:
     """`COMPOSED_SHARE` of `pool` as requests of 2-3 of its one-question entries whose
     functions are unrelated to each other's (no part's call could answer another part),
     each with the distractors unrelated to all of its parts. An entry joins at most one."""
@@ -261,20 +264,23 @@ def composed_examples(pool: Sequence[BfclExample], unrelated: dict[str, list[Fun
         if len(parts) < 2:
             continue
         shared = set.intersection(*(unrelated_names[p.id] for p in parts))
-        out.append((_composed(parts, rng), [f for f in unrelated[parts[0].id] if f["name"] in shared]))
+        out.append(ComposedRequest(_composed(parts, rng), tuple(p.id for p in parts),
+                                   [f for f in unrelated[parts[0].id] if f["name"] in shared]))
     return out
 
 
 @dataclass(frozen=True, slots=True)
 class _Draft:
     """A listing before masking. `budget` is the long toolbox's token budget (None for a
-    few functions); an irrelevance copy made in its shape gets the same size."""
+    few functions); an irrelevance copy made in its shape gets the same size. `parts` are
+    a composed request's entry ids."""
 
     id: str
     example: BfclExample
     functions: list[Function]
     calls: list[Call]
     budget: int | None
+    parts: tuple[str, ...] = ()
 
 
 def _fill(functions: list[Function], candidates: Sequence[Function], budget: int) -> list[Function]:
@@ -282,7 +288,8 @@ def _fill(functions: list[Function], candidates: Sequence[Function], budget: int
     return [*functions, *fitting(functions, candidates, budget, approx_tokens)]
 
 
-def _answered(example: BfclExample, unrelated: Sequence[Function], seed: int) -> _Draft:
+def _answered(example: BfclExample, unrelated: Sequence[Function], seed: int,
+              parts: tuple[str, ...] = ()) -> _Draft:
     """The question among its own functions and unrelated ones, shuffled."""
     rng = random.Random(f"{seed}:{example.id}")
     functions = list(example.functions)
@@ -293,7 +300,7 @@ def _answered(example: BfclExample, unrelated: Sequence[Function], seed: int) ->
     else:
         listed = functions + rng.sample(list(unrelated), min(len(unrelated), rng.randint(0, MAX_FEW_DISTRACTORS)))
     rng.shuffle(listed)
-    return _Draft(example.id, example, listed, example.reference_calls(), budget)
+    return _Draft(example.id, example, listed, example.reference_calls(), budget, parts)
 
 
 def _refused(example: BfclExample, unrelated: Sequence[Function], shape: _Draft, seed: int) -> _Draft:
@@ -369,7 +376,7 @@ def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED, *,
     candidates = distractor_pool() if distractors is None else distractors
     unrelated = {e.id: unrelated_functions(e, candidates) for e in pool}
     answered = [_answered(e, unrelated[e.id], seed) for e in pool]
-    answered += [_answered(e, others, seed) for e, others in composed_examples(pool, unrelated, seed)]
+    answered += [_answered(c.example, c.distractors, seed, c.parts) for c in composed_examples(pool, unrelated, seed)]
     rng = random.Random(f"{seed}:mix")
     few, long = _by_size(answered)
     shapes = [few[i] for i in _spread(len(few), IRRELEVANT_SHARE, rng)]
@@ -386,7 +393,7 @@ def listed_examples(pool: list[BfclExample], seed: int = DATA_SEED, *,
         if draft.id in masked:
             functions, calls = _masked(functions, calls, random.Random(f"{seed}:{draft.id}:mask"))
         out.append(Listed(draft.id, draft.example.messages, functions, calls, masked=draft.id in masked,
-                          long_toolbox=draft.budget is not None, parts=composed_parts(draft.id)))
+                          long_toolbox=draft.budget is not None, parts=draft.parts))
     return out
 
 

@@ -62,7 +62,7 @@ def items(pool: list[BfclExample]) -> list[Listed]:
 def by_id(pool: list[BfclExample]) -> dict[str, BfclExample]:
     """Every question the data asks, by id: the sampled entries and the composed requests."""
     unrelated = {e.id: unrelated_functions(e, distractor_pool()) for e in pool}
-    return {e.id: e for e in pool} | {e.id: e for e, _ in composed_examples(pool, unrelated, DATA_SEED)}
+    return {e.id: e for e in pool} | {c.example.id: c.example for c in composed_examples(pool, unrelated, DATA_SEED)}
 
 
 def listing_of(chat: dict) -> str:
