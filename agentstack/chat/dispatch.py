@@ -28,7 +28,13 @@ from agentstack.chat.requests import (
     Tool,
     ToolCall,
 )
-from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
+from agentstack.chat.template import (
+    forced_call_schema,
+    may_become_tool_call,
+    parse_reply,
+    render_messages,
+    results_in_words,
+)
 from agentstack.chat.tool_prompts import plain_turns
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
 from agentstack.errors import InvalidRequest, NotFound
@@ -243,8 +249,9 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
     base = service.resolve(service.base_name)
     if body.tool_choice in (None, "auto"):
         # The selector found no function that applies: that is the decision, so the base
-        # model answers in words, without the tools in its prompt.
-        return _generation(service, base, body.model_copy(update={"tools": None, "tool_choice": None}))
+        # model answers in words, without the tools in its prompt or call markup to copy.
+        return _generation(service, base, body.model_copy(update={
+            "tools": None, "tool_choice": None, "messages": results_in_words(body.messages)}))
     # `required` or a named function: a call the base model writes under guided decoding.
     return _generation(service, base, body)
 

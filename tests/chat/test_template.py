@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from agentstack.api.schemas import ChatMessage, NamedToolChoice, Tool
-from agentstack.chat.template import forced_call_schema, may_become_tool_call, parse_reply, render_messages
+from agentstack.chat.template import (
+    forced_call_schema,
+    may_become_tool_call,
+    parse_reply,
+    render_messages,
+    results_in_words,
+)
 
 TOOLS = [Tool.model_validate({"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})]
@@ -32,6 +38,21 @@ def test_tools_and_past_calls_are_written_into_the_conversation() -> None:
     assert '"name": "get_weather"' in turns[0]["content"]
     assert turns[2]["content"] == '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
     assert turns[3] == {"role": "tool", "content": "sunny"}
+
+
+def test_an_answer_in_words_reads_calls_and_results_as_sentences_without_markup() -> None:
+    history = [
+        ChatMessage(role="user", content="weather?"),
+        ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
+        ChatMessage(role="tool", content="sunny", tool_call_id="c1"),
+        ChatMessage(role="tool", content="late", tool_call_id="unknown"),
+    ]
+    turns = render_messages(results_in_words(history), system_prompt=None, tools=None, think=False)
+    assert turns == [{"role": "user", "content": "weather?"},
+                     {"role": "user", "content": 'Result of get_weather with {"city": "Oslo"}: sunny'},
+                     {"role": "user", "content": "Result of a tool: late"}]
+    assert results_in_words(history[:1]) == history[:1]
 
 
 def test_hermes_style_tool_calls_are_parsed_and_unknown_functions_ignored() -> None:
