@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from agentstack.offline.bfcl.dataset import BfclExample
 
@@ -30,7 +31,7 @@ class _Evaluator:
     parameter: str
     parameter_description: str | None
 
-    def function(self) -> dict:
+    def function(self) -> dict[str, Any]:
         prop: dict[str, str] = {"type": "string"}
         if self.parameter_description:
             prop["description"] = self.parameter_description
@@ -74,14 +75,17 @@ _PHRASINGS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+def _number(operation: str, rng: random.Random) -> str:
+    """A whole number, or now and then one with a decimal (never for a remainder)."""
+    if operation != "%" and rng.random() < 0.15:
+        return f"{rng.randint(1, 500)}.{rng.randint(1, 9)}"
+    return str(rng.randint(2, 999))
+
+
 def _numbers(operation: str, rng: random.Random) -> dict[str, str]:
     if operation == "**":
         return {"a": str(rng.randint(2, 20)), "b": str(rng.randint(2, 9))}
-    def number() -> str:
-        if operation != "%" and rng.random() < 0.15:
-            return f"{rng.randint(1, 500)}.{rng.randint(1, 9)}"
-        return str(rng.randint(2, 999))
-    return {"a": number(), "b": number(), "c": number()}
+    return {"a": _number(operation, rng), "b": _number(operation, rng), "c": _number(operation, rng)}
 
 
 def evaluator_examples(count: int, seed: int) -> list[BfclExample]:
