@@ -72,16 +72,15 @@ def results_in_words(messages: list[ChatMessage]) -> list[ChatMessage]:
     """The conversation with its calls and results as plain sentences, for an answer in
     words after tool use: shown `<tool_call>` blocks, a model without the tools in its
     prompt writes that markup back instead of answering from the results."""
-    names = {c.id: c.function.name for m in messages for c in m.tool_calls or []}
-    arguments = {c.id: json.dumps(_arguments(c)) for m in messages for c in m.tool_calls or []}
+    calls = {c.id: f"{c.function.name} with {json.dumps(_arguments(c))}"
+             for m in messages for c in m.tool_calls or []}
     out: list[ChatMessage] = []
     for message in messages:
         if message.role == "assistant" and message.tool_calls:
             if message.text().strip():
                 out.append(ChatMessage(role="assistant", content=message.text()))
         elif message.role == "tool":
-            call_id = message.tool_call_id or ""
-            called = f"{names[call_id]} with {arguments[call_id]}" if call_id in names else message.name or "a tool"
+            called = calls.get(message.tool_call_id or "") or message.name or "a tool"
             out.append(ChatMessage(role="user", content=f"Result of {called}: {message.text()}"))
         else:
             out.append(message)

@@ -27,27 +27,24 @@ def test_role_prompt_comes_first_and_request_system_text_follows() -> None:
     assert turns == [{"role": "system", "content": "You shout.\n\nBe brief."}, {"role": "user", "content": "hi"}]
 
 
+# A question, the call it got and that call's result.
+CALL_AND_RESULT = [
+    ChatMessage(role="user", content="weather?"),
+    ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
+    ChatMessage(role="tool", content="sunny", tool_call_id="c1"),
+]
+
+
 def test_tools_and_past_calls_are_written_into_the_conversation() -> None:
-    history = [
-        ChatMessage(role="user", content="weather?"),
-        ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
-        ChatMessage(role="tool", content="sunny", tool_call_id="c1"),
-    ]
-    turns = render_messages(history, system_prompt=None, tools=TOOLS, think=False)
+    turns = render_messages(CALL_AND_RESULT, system_prompt=None, tools=TOOLS, think=False)
     assert '"name": "get_weather"' in turns[0]["content"]
     assert turns[2]["content"] == '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
     assert turns[3] == {"role": "tool", "content": "sunny"}
 
 
 def test_an_answer_in_words_reads_calls_and_results_as_sentences_without_markup() -> None:
-    history = [
-        ChatMessage(role="user", content="weather?"),
-        ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
-        ChatMessage(role="tool", content="sunny", tool_call_id="c1"),
-        ChatMessage(role="tool", content="late", tool_call_id="unknown"),
-    ]
+    history = [*CALL_AND_RESULT, ChatMessage(role="tool", content="late", tool_call_id="unknown")]
     turns = render_messages(results_in_words(history), system_prompt=None, tools=None, think=False)
     assert turns == [{"role": "user", "content": "weather?"},
                      {"role": "user", "content": 'Result of get_weather with {"city": "Oslo"}: sunny'},
