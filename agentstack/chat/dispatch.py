@@ -33,7 +33,6 @@ from agentstack.chat.template import (
     may_become_tool_call,
     parse_reply,
     render_messages,
-    results_in_words,
 )
 from agentstack.chat.tool_prompts import plain_turns
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
@@ -249,9 +248,8 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
     base = service.resolve(service.base_name)
     if body.tool_choice in (None, "auto"):
         # The selector found no function that applies: that is the decision, so the base
-        # model answers in words, without the tools in its prompt or call markup to copy.
-        return _generation(service, base, body.model_copy(update={
-            "tools": None, "tool_choice": None, "messages": results_in_words(body.messages)}))
+        # model answers in words, without the tools in its prompt (nor call markup to copy).
+        return _generation(service, base, body.model_copy(update={"tools": None, "tool_choice": None}))
     # `required` or a named function: a call the base model writes under guided decoding.
     return _generation(service, base, body)
 

@@ -115,7 +115,8 @@ def test_tool_calling_answers_in_words_when_no_listed_function_applies(client: o
 
 
 def test_tool_calling_reads_a_tool_result_and_never_answers_in_call_markup(client: openai.OpenAI) -> None:
-    """After a tool result the workflow either calls again (parsed) or answers in words."""
+    """After a tool result the workflow either calls again (parsed) or answers in words
+    from the result."""
     conversation = [
         {"role": "user", "content": "What's the weather in Paris right now?"},
         {"role": "assistant", "content": None, "tool_calls": [{
@@ -133,6 +134,8 @@ def test_tool_calling_reads_a_tool_result_and_never_answers_in_call_markup(clien
     if message.tool_calls:
         assert reply.choices[0].finish_reason == "tool_calls"
         assert all(c.function.name == "get_weather" for c in message.tool_calls)
+    else:
+        assert "18" in (message.content or ""), "the answer in words reads the result"
     stream = client.chat.completions.create(
         model="tool-calling", messages=conversation, tools=[WEATHER_TOOL], temperature=0, max_tokens=64,  # type: ignore[arg-type]
         stream=True,
