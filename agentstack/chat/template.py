@@ -25,7 +25,6 @@ TOOL_CALL_CLOSE = "</tool_call>"
 TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*(?:</tool_call>|$)", re.DOTALL)
 TOOL_CALL_BLOCK_RE = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
 THINK_RE = re.compile(r"^\s*<think>(.*?)(?:</think>|$)", re.DOTALL)
-ANSWER_FROM_RESULTS = "Answer the question using these results."
 
 
 def tools_instruction(tools: list[Tool]) -> str:
@@ -73,10 +72,8 @@ def render_messages(
 
 def results_in_words(messages: list[ChatMessage]) -> list[ChatMessage]:
     """The conversation with its calls and results as plain sentences, for an answer in
-    words after tool use. Shown `<tool_call>` blocks, a model without the tools in its
-    prompt writes that markup back; shown a result as a turn of its own, a small model
-    talks about the result instead of answering. So each result joins the question it
-    answers, and the last one asks for the answer."""
+    words after tool use: shown `<tool_call>` blocks and `tool` turns, a model without the
+    tools in its prompt writes that markup back instead of answering from the results."""
     calls = {c.id: f"{c.function.name} with {json.dumps(_arguments(c))}"
              for m in messages for c in m.tool_calls or []}
     out: list[ChatMessage] = []
@@ -86,15 +83,9 @@ def results_in_words(messages: list[ChatMessage]) -> list[ChatMessage]:
                 out.append(ChatMessage(role="assistant", content=message.text()))
         elif message.role == "tool":
             called = calls.get(message.tool_call_id or "") or message.name or "a tool"
-            result = f"Result of {called}: {message.text()}"
-            if out and out[-1].role == "user":
-                out[-1] = ChatMessage(role="user", content=f"{out[-1].text()}\n\n{result}")
-            else:
-                out.append(ChatMessage(role="user", content=result))
+            out.append(ChatMessage(role="user", content=f"Result of {called}: {message.text()}"))
         else:
             out.append(message)
-    if messages and messages[-1].role == "tool":
-        out[-1] = ChatMessage(role="user", content=f"{out[-1].text()}\n\n{ANSWER_FROM_RESULTS}")
     return out
 
 

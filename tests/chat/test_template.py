@@ -6,7 +6,6 @@ import json
 
 from agentstack.api.schemas import ChatMessage, NamedToolChoice, Tool
 from agentstack.chat.template import (
-    ANSWER_FROM_RESULTS,
     forced_call_schema,
     may_become_tool_call,
     parse_reply,
@@ -44,28 +43,25 @@ def test_tools_and_past_calls_are_written_into_the_conversation() -> None:
     assert turns[3] == {"role": "tool", "content": "sunny"}
 
 
-def test_an_answer_in_words_reads_each_result_with_its_question_and_no_markup() -> None:
-    """Without tools in the prompt, results join the question they answer, and the last
-    turn asks for the answer: a small model shown a bare result talks about it instead."""
+def test_without_tools_calls_and_results_read_as_sentences_without_markup() -> None:
+    """A prompt without tools can only be answered in words; shown call markup, the model
+    writes it back."""
     history = [*CALL_AND_RESULT, ChatMessage(role="tool", content="late", tool_call_id="unknown")]
     turns = render_messages(history, system_prompt=None, tools=None, think=False)
-    assert turns == [{"role": "user", "content": (
-        'weather?\n\nResult of get_weather with {"city": "Oslo"}: sunny\n\nResult of a tool: late'
-        f"\n\n{ANSWER_FROM_RESULTS}")}]
+    assert turns == [{"role": "user", "content": "weather?"},
+                     {"role": "user", "content": 'Result of get_weather with {"city": "Oslo"}: sunny'},
+                     {"role": "user", "content": "Result of a tool: late"}]
     assert results_in_words(history[:1]) == history[:1]
 
 
-def test_a_result_after_the_models_own_words_becomes_a_turn_of_its_own() -> None:
+def test_words_said_beside_a_call_stay_and_the_call_goes() -> None:
     said = ChatMessage.model_validate({"role": "assistant", "content": "Checking.", "tool_calls": [
         {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]})
-    history = [*CALL_AND_RESULT, ChatMessage(role="assistant", content="Sunny in Oslo."),
-               ChatMessage(role="user", content="and tomorrow?"), said,
-               ChatMessage(role="tool", content="rain", tool_call_id="c2")]
-    turns = render_messages(history, system_prompt=None, tools=None, think=False)
-    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant", "user"]
-    assert ANSWER_FROM_RESULTS not in turns[0]["content"]
-    assert turns[3]["content"] == "Checking."
-    assert turns[4]["content"] == f"Result of get_weather with {{}}: rain\n\n{ANSWER_FROM_RESULTS}"
+    turns = render_messages([ChatMessage(role="user", content="and tomorrow?"), said,
+                             ChatMessage(role="tool", content="rain", tool_call_id="c2")],
+                            system_prompt=None, tools=None, think=False)
+    assert turns == [{"role": "user", "content": "and tomorrow?"}, {"role": "assistant", "content": "Checking."},
+                     {"role": "user", "content": "Result of get_weather with {}: rain"}]
 
 
 def test_hermes_style_tool_calls_are_parsed_and_unknown_functions_ignored() -> None:
