@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentstack.chat.tool_shortlist import SHORTLIST_SIZE
 from agentstack.config import Settings
 
 if TYPE_CHECKING:
@@ -622,6 +623,9 @@ def eval_bfcl(
         help="List each example's functions among distractors, up to this many listing tokens.", min=1)] = None,
     guided: Annotated[bool, typer.Option(
         help="Hold single and roles to their answer formats, as model tool-calling serves them.")] = True,
+    shortlist: Annotated[int, typer.Option(
+        help="Single and roles read at most this many functions of a longer listing, the most relevant "
+             "to the request, as model tool-calling serves them; 0: the whole listing.", min=0)] = SHORTLIST_SIZE,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     roles: RolesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
@@ -639,7 +643,8 @@ def eval_bfcl(
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency,
-                        shuffle_seed=shuffle, toolbox_tokens=toolbox, guided=guided)
+                        shuffle_seed=shuffle, toolbox_tokens=toolbox, guided=guided,
+                        shortlist=shortlist or None)
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
         scores = asyncio.run(_run_with_service(_settings(roles_file=roles), lambda service: evaluate(
             service, config, quiet=as_json, on_score=lambda so_far: write_report(so_far, report_dir))))

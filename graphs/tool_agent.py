@@ -31,6 +31,7 @@ from typing_extensions import TypedDict
 
 from agentstack.chat_model import RoleChatModel
 from agentstack.chat.tool_prompts import arguments_messages, parse_calls, parse_selection, selector_messages
+from agentstack.chat.tool_shortlist import shortlisted
 from graphs.tools import DEFAULT_TOOLS, ToolRegistry
 
 
@@ -86,15 +87,18 @@ def build_tool_agent(
     by_name = {s["function"]["name"]: s for s in specs}
 
     async def select(state: ToolAgentState) -> dict[str, Any]:
-        reply = await RoleChatModel(role=selector_role).ainvoke(selector_messages(_history(state["messages"]), specs))
-        return {"selected": parse_selection(reply.text, specs)}
+        history = _history(state["messages"])
+        listed = shortlisted(history, specs)
+        reply = await RoleChatModel(role=selector_role).ainvoke(selector_messages(history, listed))
+        return {"selected": parse_selection(reply.text, listed)}
 
     async def arguments(state: ToolAgentState) -> dict[str, Any]:
         history = _history(state["messages"])
+        listed = shortlisted(history, specs)
         writer = RoleChatModel(role=arguments_role)
 
         async def calls_of(name: str) -> list[dict[str, Any]]:
-            reply = await writer.ainvoke(arguments_messages(history, specs, name))
+            reply = await writer.ainvoke(arguments_messages(history, listed, name))
             return parse_calls(reply.text, [by_name[name]])
 
         calls = [c for found in await asyncio.gather(*(calls_of(n) for n in state["selected"])) for c in found]

@@ -21,6 +21,7 @@ from agentstack.chat.tool_prompts import (
     selector_messages,
     single_messages,
 )
+from agentstack.chat.tool_shortlist import SHORTLIST_SIZE, shortlisted
 from agentstack.service import Completion
 
 SELECTOR_ROLE = "selector"
@@ -60,11 +61,13 @@ class ToolCallOutcome:
 
 async def select_and_fill(
     completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
-    *, named: str | None = None, guided: bool = True,
+    *, named: str | None = None, guided: bool = True, shortlist: int | None = SHORTLIST_SIZE,
 ) -> ToolCallOutcome:
     """Selector names the functions (or none); one arguments pass per name runs
     concurrently. A caller that `named` the function skips the selector. `guided` holds
-    each role to its answer format over these tools (`call_grammar`)."""
+    each role to its answer format over these tools (`call_grammar`). Both roles read the
+    same `shortlist` of a longer toolbox (`tool_shortlist`; None: the whole listing)."""
+    tools = shortlisted(messages, tools, shortlist, keep=named)
     outcome = ToolCallOutcome(calls=[])
     if named is not None:
         outcome.selected = [named]
@@ -87,8 +90,9 @@ async def select_and_fill(
 
 async def single_pass(
     completer: Completer, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
-    *, guided: bool = True,
+    *, guided: bool = True, shortlist: int | None = SHORTLIST_SIZE,
 ) -> ToolCallOutcome:
+    tools = shortlisted(messages, tools, shortlist)
     completion = await completer.complete(SINGLE_ROLE, single_messages(messages, tools), CALLS_MAX_TOKENS,
                                           grammar=call_lines_grammar(tools, allow_none=True) if guided else None)
     outcome = ToolCallOutcome(calls=parse_calls(completion.text, tools))

@@ -86,6 +86,26 @@ def test_tool_calling_model_runs_selector_then_arguments(client: openai.OpenAI) 
     assert [c.function.name for c in streamed] == ["get_weather"]
 
 
+def test_tool_calling_reads_a_long_toolbox_as_the_few_functions_the_request_is_about(
+        client: openai.OpenAI) -> None:
+    """Twenty functions listed, the weather among them: the roles read a shortlist, so the
+    call is the weather's and the prompts hold a fraction of the listing."""
+    from agentstack.chat.tool_prompts import render_function
+    from agentstack.offline.bfcl.listings import distractor_pool
+
+    toolbox = [{"type": "function", "function": f} for f in distractor_pool()[:19:2]]
+    toolbox += [WEATHER_TOOL, *({"type": "function", "function": f} for f in distractor_pool()[1:20:2])]
+    listing_chars = sum(len(render_function(t)) for t in toolbox)
+    reply = client.chat.completions.create(
+        model="tool-calling", messages=[{"role": "user", "content": "What's the weather in Paris right now?"}],
+        tools=toolbox, temperature=0,  # type: ignore[arg-type]
+    )
+    calls = reply.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"], reply.choices[0].message
+    # The selector's and the writer's prompts together: less than one whole listing (~4 characters a token).
+    assert reply.usage is not None and reply.usage.prompt_tokens < listing_chars / 4
+
+
 def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
     """`required` and a named function always get a call, a named one of that function
     (without asking the selector) even when the question is about something else."""

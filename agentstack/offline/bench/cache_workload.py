@@ -188,10 +188,12 @@ class PromptOutcome:
 
 
 async def run_prompt(completer: RecordingCompleter, prompt: ToolboxPrompt) -> PromptOutcome:
-    """The agent (selector, then arguments per chosen function), then single, on one prompt."""
+    """The agent (selector, then arguments per chosen function), then single, on one prompt.
+    Both read the whole toolbox, not a shortlist of it: the bench measures how the cache
+    modes share a long context."""
     messages = prompt.example.messages
-    agent = await select_and_fill(completer, messages, prompt.tools)
-    single = await single_pass(completer, messages, prompt.tools)
+    agent = await select_and_fill(completer, messages, prompt.tools, shortlist=None)
+    single = await single_pass(completer, messages, prompt.tools, shortlist=None)
     return PromptOutcome(
         id=prompt.example.id,
         agent_correct=check(prompt.example, agent.calls).correct,

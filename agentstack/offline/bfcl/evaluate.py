@@ -40,6 +40,7 @@ from agentstack.offline.bfcl.listings import (
 from agentstack.chat.call_grammar import calls_list_schema
 from agentstack.service import PromptTooLong, Service
 from agentstack.chat.tool_roles import CALLS_MAX_TOKENS, ToolCallOutcome, select_and_fill, single_pass
+from agentstack.chat.tool_shortlist import SHORTLIST_SIZE
 from agentstack.chat.tool_prompts import Call, single_messages
 
 
@@ -81,12 +82,14 @@ class EvalConfig:
     shuffle_seed: int | None = None
     toolbox_tokens: int | None = None
     guided: bool = True
+    shortlist: int | None = SHORTLIST_SIZE
 
     @property
     def listing(self) -> str:
         parts = ([f"shuffled (seed {self.shuffle_seed})"] if self.shuffle_seed is not None else []) + (
             [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else []) + (
-            [] if self.guided else ["roles unguided"])
+            [] if self.guided else ["roles unguided"]) + (
+            ["whole listing"] if self.shortlist is None else [])
         return ", ".join(parts) or "as given"
 
 
@@ -167,14 +170,16 @@ async def _base_outcome(service: Service, example: BfclExample) -> ToolCallOutco
     return outcome
 
 
-async def run_mode(service: Service, mode: EvalMode, example: BfclExample, *, guided: bool = True) -> ToolCallOutcome:
-    """One example in one mode; `guided` holds the roles to their answer formats, as
-    `model: tool-calling` serves them (the base is always held to its JSON list)."""
+async def run_mode(service: Service, mode: EvalMode, example: BfclExample, *, guided: bool = True,
+                   shortlist: int | None = SHORTLIST_SIZE) -> ToolCallOutcome:
+    """One example in one mode; `guided` holds the roles to their answer formats and
+    `shortlist` cuts a long listing, as `model: tool-calling` serves them (the base is
+    always held to its JSON list and reads the whole listing: the raw model's reference)."""
     if mode is EvalMode.BASE:
         return await _base_outcome(service, example)
     if mode is EvalMode.SINGLE:
-        return await single_pass(service, example.messages, example.functions, guided=guided)
-    return await select_and_fill(service, example.messages, example.functions, guided=guided)
+        return await single_pass(service, example.messages, example.functions, guided=guided, shortlist=shortlist)
+    return await select_and_fill(service, example.messages, example.functions, guided=guided, shortlist=shortlist)
 
 
 async def score_category(
@@ -191,7 +196,8 @@ async def score_category(
     async def one(example: BfclExample) -> None:
         async with gate:
             try:
-                outcome = await run_mode(service, mode, example, guided=config.guided)
+                outcome = await run_mode(service, mode, example, guided=config.guided,
+                                         shortlist=config.shortlist)
             except PromptTooLong as e:
                 outcome, error = ToolCallOutcome(calls=[]), f"prompt too long: {e}"
             else:

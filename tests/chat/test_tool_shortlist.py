@@ -1,0 +1,79 @@
+"""A long toolbox reaches the tool roles as the few functions the request is about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentstack.chat.tool_prompts import function_names
+from agentstack.chat.tool_shortlist import LONG_LISTING, SHORTLIST_SIZE, shortlisted
+from agentstack.offline.bfcl.evaluate import eval_examples
+from agentstack.offline.bfcl.listings import among_distractors, distractor_pool
+
+
+def tool(name: str, description: str, **params: str) -> dict[str, Any]:
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {p: {"type": "string", "description": d}
+                                                        for p, d in params.items()}}}}
+
+
+TOOLBOX = [
+    tool("send_email", "Send an email message.", to="Recipient address", body="Message text"),
+    tool("convert_currency", "Convert an amount between currencies.", source="Currency code"),
+    tool("getCurrentWeather", "Current weather conditions in a city.", city="City, Country"),
+    tool("book_flight", "Book a flight between two airports.", origin="Airport code"),
+    tool("translate_text", "Translate text into another language.", target="Language"),
+    tool("stock.price", "Latest price of a stock ticker.", ticker="Ticker symbol"),
+    tool("create_calendar_event", "Add an event to the user's calendar.", title="Event title"),
+    tool("search_recipes", "Find cooking recipes by ingredient.", ingredient="Main ingredient"),
+    tool("play_music", "Play a song or an artist on the speaker.", query="Song or artist"),
+]
+
+
+def ask(question: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}]
+
+
+def test_a_long_toolbox_is_cut_to_the_functions_the_request_is_about_in_listed_order() -> None:
+    kept = function_names(shortlisted(ask("What's the weather like in Lisbon today?"), TOOLBOX))
+    assert "getCurrentWeather" in kept
+    assert len(kept) == SHORTLIST_SIZE
+    assert kept == [n for n in function_names(TOOLBOX) if n in kept]
+
+
+def test_words_of_dotted_and_camel_case_names_count() -> None:
+    assert function_names(shortlisted(ask("What is the stock price of ACME?"), TOOLBOX, 1)) == ["stock.price"]
+    assert function_names(shortlisted(ask("Is it raining? Check the weather."), TOOLBOX, 1)) == ["getCurrentWeather"]
+
+
+def test_a_short_listing_is_left_whole() -> None:
+    assert shortlisted(ask("Send an email to Ana."), TOOLBOX[:LONG_LISTING]) == TOOLBOX[:LONG_LISTING]
+    assert shortlisted(ask("Send an email to Ana."), TOOLBOX, None) == TOOLBOX
+
+
+def test_a_request_sharing_no_word_with_any_function_keeps_the_whole_listing() -> None:
+    """Ranking by words says nothing about a question in another language."""
+    assert shortlisted(ask("上海今天的天气怎么样？"), TOOLBOX) == TOOLBOX
+
+
+def test_the_function_the_caller_named_stays() -> None:
+    kept = function_names(shortlisted(ask("Play something by Nina Simone."), TOOLBOX, 2, keep="send_email"))
+    assert "send_email" in kept and "play_music" in kept
+
+
+def test_the_request_is_the_current_exchange_not_earlier_ones() -> None:
+    thread = [*ask("Translate 'hello' into French."), {"role": "assistant", "content": "Bonjour."},
+              *ask("Now book a flight from Lisbon to Paris.")]
+    assert function_names(shortlisted(thread, TOOLBOX, 1)) == ["book_flight"]
+
+
+def test_bfcl_dev_entries_keep_their_functions_on_long_toolboxes() -> None:
+    """The dev entries of `multiple` (2–4 functions listed, one right) among other
+    entries' functions up to about 1,500 tokens: the right one is always shortlisted."""
+    _, entries = eval_examples("multiple", 50)
+    pool = distractor_pool()
+    for entry in entries:
+        listed = among_distractors(entry, pool, 1500, lambda text: len(text) // 4, 0)
+        assert len(listed.functions) > LONG_LISTING
+        wanted = {call["name"] for call in entry.reference_calls()}
+        assert wanted <= set(function_names(shortlisted(entry.messages, listed.functions))), entry.id
