@@ -89,7 +89,8 @@ class EvalConfig:
         parts = ([f"shuffled (seed {self.shuffle_seed})"] if self.shuffle_seed is not None else []) + (
             [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else []) + (
             [] if self.guided else ["roles unguided"]) + (
-            ["whole listing"] if self.shortlist is None else [])
+            ["whole listing"] if self.shortlist is None else
+            [f"shortlist {self.shortlist}"] if self.shortlist != SHORTLIST_SIZE else [])
         return ", ".join(parts) or "as given"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentstack.offline.bfcl.dataset import examples
-from agentstack.offline.bfcl.evaluate import CategoryScore, EvalMode, MissKind, miss_kind, write_report
+from agentstack.chat.tool_shortlist import SHORTLIST_SIZE
+from agentstack.offline.bfcl.evaluate import CategoryScore, EvalConfig, EvalMode, MissKind, miss_kind, write_report
 
 
 def test_a_miss_is_told_by_the_functions_it_named() -> None:
@@ -28,3 +29,14 @@ def test_the_report_counts_misses_by_kind(tmp_path: Path) -> None:
     assert "## Where the misses went wrong" in text
     assert "| parallel | roles | as given | 6 | 5 | 1 | 0 | 0 |" in text
     assert score.summary()["misses"] == {"right functions, wrong calls": 5, "some of the functions": 1}
+
+
+def test_the_report_names_a_shortlist_other_than_the_served_one() -> None:
+    """Runs that read whole listings or another shortlist size are labelled as such, so their
+    rows cannot pass for the served behaviour."""
+    def listing(**options: object) -> str:
+        return EvalConfig(categories=("multiple",), toolbox_tokens=1500, **options).listing  # type: ignore[arg-type]
+
+    assert listing() == "toolbox 1500 tokens"
+    assert listing(shortlist=None) == "toolbox 1500 tokens, whole listing"
+    assert listing(shortlist=SHORTLIST_SIZE + 3) == f"toolbox 1500 tokens, shortlist {SHORTLIST_SIZE + 3}"
