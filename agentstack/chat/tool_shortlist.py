@@ -39,7 +39,7 @@ selector more than the lost recall of requests for four functions (`parallel_mul
 all its functions in the top three for 39 of 50, in the top four for 48; 7 right either way)."""
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_WORD = re.compile(r"[^\W_]+")
+_WORD = re.compile(r"[^\W_]{2,}")
 _STOPWORDS = frozenset(
     "a an and are as at be by can could do for from get give has have how i in is it its me my "
     "of on or please show tell that the their them then there these this to use was we what when "
@@ -52,7 +52,8 @@ def _stemmer() -> Stemmer.Stemmer:
 
 
 def _tokens(text: str) -> list[str]:
-    """Stemmed words; `get_weather`, `getWeather` and `uber.ride` read as their words."""
+    """Stemmed words of two letters or more (the "s" of "What's" matches any plural);
+    `get_weather`, `getWeather` and `uber.ride` read as their words."""
     words = _WORD.findall(_CAMEL_BOUNDARY.sub(" ", text).lower())
     return _stemmer().stemWords([w for w in words if w not in _STOPWORDS])
 

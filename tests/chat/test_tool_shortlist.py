@@ -77,3 +77,9 @@ def test_bfcl_dev_entries_keep_their_functions_on_long_toolboxes() -> None:
         assert len(listed.functions) > LONG_LISTING
         wanted = {call["name"] for call in entry.reference_calls()}
         assert wanted <= set(function_names(shortlisted(entry.messages, listed.functions))), entry.id
+
+
+def test_a_lone_letter_is_no_shared_word() -> None:
+    """The "s" of "What's" used to match every "user's" and rank those functions up."""
+    toolbox = [*TOOLBOX, tool("get_profile", "Returns the user's profile.", user="User's id")]
+    assert shortlisted(ask("What's new?"), toolbox) == toolbox
