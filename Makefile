@@ -109,7 +109,9 @@ eval-gate: setup
 	$(BIN)/agentstack eval gate
 
 # Three listings of the same questions: as BFCL gives them, shuffled, and among
-# distractors up to 1,500 tokens; one report directory each.
+# distractors up to 1,500 tokens; then the categories listing several functions once per
+# rotation (the same questions with the right function at every place: position bias
+# alone). One report directory each.
 BFCL_EVAL = $(BIN)/agentstack eval bfcl \
 	$(foreach c,simple_python multiple parallel parallel_multiple live_simple irrelevance,--category $(c)) \
 	--mode base --mode single --mode roles --limit 50
@@ -118,6 +120,8 @@ eval-bfcl: setup
 	$(BFCL_EVAL) --report-dir reports/eval-bfcl
 	$(BFCL_EVAL) --report-dir reports/eval-bfcl-shuffled --shuffle 1
 	$(BFCL_EVAL) --report-dir reports/eval-bfcl-toolbox --toolbox 1500
+	$(BIN)/agentstack eval bfcl --category multiple --category parallel_multiple --limit 50 \
+		--mode single --mode roles --rotate --report-dir reports/eval-bfcl-rotated
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports

@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agentstack.chat.tool_shortlist import SHORTLIST_SIZE
 from agentstack.config import Settings
 
 if TYPE_CHECKING:
@@ -619,19 +618,24 @@ def eval_bfcl(
     concurrency: Annotated[int, typer.Option(help="Examples in flight at once.")] = 8,
     shuffle: Annotated[Optional[int], typer.Option(
         help="List each example's functions in an order shuffled with this seed.")] = None,
+    rotate: Annotated[bool, typer.Option(
+        help="Ask each example once per rotation of its listing, so the same questions have their "
+             "right function at every position (the spread is then the position's alone).")] = False,
     toolbox: Annotated[Optional[int], typer.Option(
         help="List each example's functions among distractors, up to this many listing tokens.", min=1)] = None,
     guided: Annotated[bool, typer.Option(
         help="Hold single and roles to their answer formats, as model tool-calling serves them.")] = True,
-    shortlist: Annotated[int, typer.Option(
+    shortlist: Annotated[Optional[int], typer.Option(
         help="Single and roles read at most this many functions of a longer listing, the most relevant "
-             "to the request, as model tool-calling serves them; 0: the whole listing.", min=0)] = SHORTLIST_SIZE,
+             "to the request, as model tool-calling serves them; 0: the whole listing. "
+             "Unset: the served size (AGENTSTACK_TOOL_SHORTLIST_SIZE, else 3).", min=0)] = None,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     roles: RolesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per category and mode.")] = False,
 ) -> None:
     """AST accuracy on BFCL through the serving engine, scored by bfcl-eval's checker; the
     report is rewritten as each category and mode finishes."""
+    from agentstack.chat.tool_shortlist import configured_size
     from agentstack.offline.bfcl.dataset import UnknownCategory, load_category
     from agentstack.offline.bfcl.evaluate import EvalConfig, EvalMode, evaluate, write_report
 
@@ -642,11 +646,12 @@ def eval_bfcl(
     except (ValueError, UnknownCategory) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    settings = _settings(roles_file=roles)
     config = EvalConfig(categories=tuple(category), modes=modes, limit=limit, concurrency=concurrency,
-                        shuffle_seed=shuffle, toolbox_tokens=toolbox, guided=guided,
-                        shortlist=shortlist or None)
+                        shuffle_seed=shuffle, rotate=rotate, toolbox_tokens=toolbox, guided=guided,
+                        shortlist=configured_size(settings.tool_shortlist_size if shortlist is None else shortlist))
     with stdout_to_stderr() if as_json else contextlib.nullcontext():
-        scores = asyncio.run(_run_with_service(_settings(roles_file=roles), lambda service: evaluate(
+        scores = asyncio.run(_run_with_service(settings, lambda service: evaluate(
             service, config, quiet=as_json, on_score=lambda so_far: write_report(so_far, report_dir))))
         report, plot = write_report(scores, report_dir)
     if as_json:

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         "each role adds its own B).",
     )
 
+    # Tool calling
+    tool_shortlist_size: int | None = Field(
+        default=None, ge=0,
+        description="`model: tool-calling` cuts a toolbox of more than six functions to this many, those most "
+        "relevant to the request (BM25), before its roles read it; 0 reads every listing whole; unset: the "
+        "measured default, 3 (docs/TOOL_ROLES.md).")
+
     # Authentication
     api_keys: list[SecretStr] = Field(
         default_factory=list,

@@ -12,7 +12,9 @@ model as an error result, so the run goes on and the answer can say what went wr
 
 `build_tool_agent(tools=[...])` builds the same graph on other tools;
 `approve_tools=True` pauses before running calls (`interrupt`) until a client resumes
-with `Command(resume=True)` (or False to decline).
+with `Command(resume=True)` (or False to decline). Of more than six tools, the select and
+arguments steps read the `shortlist` most relevant to the request (`tool_shortlist`;
+None: all of them).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing_extensions import TypedDict
 
 from agentstack.chat_model import RoleChatModel
 from agentstack.chat.tool_prompts import arguments_messages, parse_calls, parse_selection, selector_messages
-from agentstack.chat.tool_shortlist import shortlisted
+from agentstack.chat.tool_shortlist import SHORTLIST_SIZE, shortlisted
 from graphs.tools import DEFAULT_TOOLS, ToolRegistry
 
 
@@ -80,6 +82,7 @@ def build_tool_agent(
     arguments_role: str = "arguments",
     answer_role: str = "assistant",
     approve_tools: bool = False,
+    shortlist: int | None = SHORTLIST_SIZE,
 ) -> StateGraph:
     """The tool agent over `tools` (LangChain tools or typed, documented functions)."""
     registry = ToolRegistry.of(tools)
@@ -88,13 +91,13 @@ def build_tool_agent(
 
     async def select(state: ToolAgentState) -> dict[str, Any]:
         history = _history(state["messages"])
-        listed = shortlisted(history, specs)
+        listed = shortlisted(history, specs, shortlist)
         reply = await RoleChatModel(role=selector_role).ainvoke(selector_messages(history, listed))
         return {"selected": parse_selection(reply.text, listed)}
 
     async def arguments(state: ToolAgentState) -> dict[str, Any]:
         history = _history(state["messages"])
-        listed = shortlisted(history, specs)
+        listed = shortlisted(history, specs, shortlist)
         writer = RoleChatModel(role=arguments_role)
 
         async def calls_of(name: str) -> list[dict[str, Any]]:

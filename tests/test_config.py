@@ -27,3 +27,12 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTSTACK_PORT", "not-a-port")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_tool_shortlist_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().tool_shortlist_size is None
+    monkeypatch.setenv("AGENTSTACK_TOOL_SHORTLIST_SIZE", "0")
+    assert Settings().tool_shortlist_size == 0
+    monkeypatch.setenv("AGENTSTACK_TOOL_SHORTLIST_SIZE", "-1")
+    with pytest.raises(ValidationError):
+        Settings()

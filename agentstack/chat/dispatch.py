@@ -36,6 +36,7 @@ from agentstack.chat.template import (
 )
 from agentstack.chat.tool_prompts import plain_turns
 from agentstack.chat.tool_roles import ARGUMENTS_ROLE, SELECTOR_ROLE, select_and_fill
+from agentstack.chat.tool_shortlist import configured_size
 from agentstack.errors import InvalidRequest, NotFound
 from agentstack.roles import ReasoningPath, Role
 from agentstack.service import AUTO_MODEL, Service
@@ -241,7 +242,7 @@ async def _tool_calling(service: Service, body: ChatCompletionRequest) -> Genera
     if named is not None and named not in {t.function.name for t in body.tools}:
         raise InvalidRequest("tool_choice names a function that is not in tools", param="tool_choice")
     outcome = await select_and_fill(service, conversation_turns(body.messages), tool_dicts(body.tools) or [],
-                                    named=named)
+                                    named=named, shortlist=configured_size(service.settings.tool_shortlist_size))
     if outcome.calls:
         return ReadyToolCalls(outcome.openai_tool_calls(),
                               TokenUsage(outcome.prompt_tokens, outcome.generated_tokens))

@@ -1,21 +1,26 @@
-"""A long toolbox cut to the functions a request is about, before any tool role reads it.
+"""The listing the tool roles read: the caller's functions in order of relevance to the
+request, and of a long toolbox only the few it is about.
 
-The tool roles read a listing of a few functions well and one of fifteen or twenty poorly:
-on BFCL dev entries listed among other entries' functions up to 1,500 tokens, the
-selector named another function in most of its misses (docs/TOOL_ROLES.md). Retrieval
-first, then choice, is how large toolboxes are served elsewhere too (Gorilla's retriever,
-ToolLLM's API retriever). Here the retrieval is BM25 over each function's listing block
-(name split into words, description, parameters) against the request's own turns. On
-those toolboxes the top three held every function the reference calls for all of the
-first 50 dev entries of `simple_python`, `multiple` and `parallel` and 49 of
-`live_simple` (the one missed: "multiplication" against `multiply`).
+Order: the roles lean to where a function sits. Asked the same `multiple` questions with
+the right function at each place of the listing, the selector was right more often first
+than third (`eval bfcl --rotate`, docs/TOOL_ROLES.md). Ranked by relevance, every order a
+caller may send is read as one, so the caller's order cannot sway the choice, and the
+function the request is most about sits where the roles read best.
 
-The shortlist keeps the caller's order, so the roles see the listing as it was given,
-only shorter; and every role of one request reads the same shortlist, so the
-shared-context cache still shares it. A request with no word in common with any function
-(another language, say) keeps the whole listing: scores of zero rank nothing.
+Size: the roles read a few functions well and fifteen or twenty poorly: on BFCL dev
+entries listed among other entries' functions up to 1,500 tokens, the selector named
+another function in most of its misses. Retrieval first, then choice, is how large
+toolboxes are served elsewhere too (Gorilla's retriever, ToolLLM's API retriever). Here
+the retrieval is BM25+ over each function's listing block (name split into words,
+description, parameters) against the request's own turns. On those toolboxes the top
+three held every function the reference calls for all of the first 50 dev entries of
+`simple_python`, `multiple` and `parallel` and 49 of `live_simple` (the one missed:
+"multiplication" against `multiply`).
+
+Every role of one request reads the same listing, so the shared-context cache still
+shares it; a request with no word in common with any function (another language, say)
+gets the listing as given, whole: scores of zero rank nothing.
 """
-
 from __future__ import annotations
 
 import re
@@ -24,12 +29,12 @@ from functools import cache
 from typing import Any
 
 import Stemmer
-from rank_bm25 import BM25Okapi
+from rank_bm25 import BM25Plus
 
 from agentstack.chat.tool_prompts import current_exchange, function_spec, plain_turns, render_function
 
 LONG_LISTING = 6
-"""Listings of more functions than this are shortlisted; shorter ones are read as given
+"""Listings of more functions than this are shortlisted; shorter ones are read whole
 (the roles read BFCL's own listings of one to four functions well)."""
 
 SHORTLIST_SIZE = 3
@@ -37,6 +42,13 @@ SHORTLIST_SIZE = 3
 of 200): 58 with six, 65 with four, 73 with three; every extra distractor costs the
 selector more than the lost recall of requests for four functions (`parallel_multiple`:
 all its functions in the top three for 39 of 50, in the top four for 48; 7 right either way)."""
+
+
+def configured_size(setting: int | None) -> int | None:
+    """The shortlist size for a configured value (`Settings.tool_shortlist_size`, `eval bfcl
+    --shortlist`): unset is the measured default; 0 reads every listing as given."""
+    return SHORTLIST_SIZE if setting is None else setting or None
+
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WORD = re.compile(r"[^\W_]{2,}")
@@ -64,26 +76,34 @@ def request_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def relevance(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[float]:
-    """BM25 score of each function's listing block against the request."""
+    """BM25+ score of each function's listing block against the request; all zero when no
+    block shares a word with it. BM25+, not Okapi BM25: Okapi's idf is zero for a word in
+    half the blocks and below zero for one in more, so on a listing of two or three
+    functions it ranked nothing (8 of `multiple`'s 50 dev listings lost their right
+    function's first place); BM25+'s idf stays above zero."""
     documents = [_tokens(render_function(t)) for t in tools]
     query = _tokens(request_text(messages))
-    if not query or not any(documents):
+    if not any(set(query).intersection(d) for d in documents):
         return [0.0] * len(tools)
-    return [float(s) for s in BM25Okapi(documents).get_scores(query)]
+    return [float(s) for s in BM25Plus(documents).get_scores(query)]
 
 
 def shortlisted(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]],
     size: int | None = SHORTLIST_SIZE, *, keep: str | None = None,
 ) -> list[Mapping[str, Any]]:
-    """Of a listing longer than `LONG_LISTING`, the `size` functions most relevant to the
-    request, in the order they were listed (ties go to the earlier one); `keep` names one
-    that stays whatever its score (the caller's `tool_choice`). `size` None: all of them."""
-    if size is None or len(tools) <= max(size, LONG_LISTING):
+    """The functions most relevant to the request first (ties by name): all of a
+    listing of up to `LONG_LISTING`, the `size` most relevant of a longer one; `keep` names
+    one that stays whatever its score (the caller's `tool_choice`). `size` None: the
+    listing as given."""
+    if size is None or len(tools) < 2:
         return list(tools)
     scores = relevance(messages, tools)
     if max(scores) <= 0:
         return list(tools)
-    ranked = sorted(range(len(tools)), key=lambda i: -scores[i])[:size]
-    chosen = set(ranked) | {i for i, t in enumerate(tools) if function_spec(t).get("name") == keep}
-    return [t for i, t in enumerate(tools) if i in chosen]
+    names = [str(function_spec(t).get("name")) for t in tools]
+    ranked = sorted(range(len(tools)), key=lambda i: (-scores[i], names[i]))
+    if len(tools) > max(size, LONG_LISTING):
+        kept = set(ranked[:size]) | {i for i, name in enumerate(names) if name == keep}
+        ranked = [i for i in ranked if i in kept]
+    return [tools[i] for i in ranked]

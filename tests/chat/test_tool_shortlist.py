@@ -1,13 +1,15 @@
-"""A long toolbox reaches the tool roles as the few functions the request is about."""
+"""The tool roles read a listing in order of relevance to the request, and a long toolbox
+as the few functions the request is about."""
 
 from __future__ import annotations
 
+from itertools import permutations
 from typing import Any
 
 from agentstack.chat.tool_prompts import function_names
-from agentstack.chat.tool_shortlist import LONG_LISTING, SHORTLIST_SIZE, shortlisted
+from agentstack.chat.tool_shortlist import LONG_LISTING, SHORTLIST_SIZE, configured_size, shortlisted
 from agentstack.offline.bfcl.evaluate import eval_examples
-from agentstack.offline.bfcl.listings import among_distractors, distractor_pool
+from agentstack.offline.bfcl.listings import among_distractors, distractor_pool, rotations
 
 
 def tool(name: str, description: str, **params: str) -> dict[str, Any]:
@@ -34,11 +36,18 @@ def ask(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}]
 
 
-def test_a_long_toolbox_is_cut_to_the_functions_the_request_is_about_in_listed_order() -> None:
+def test_a_long_toolbox_is_cut_to_the_functions_the_request_is_about_most_relevant_first() -> None:
     kept = function_names(shortlisted(ask("What's the weather like in Lisbon today?"), TOOLBOX))
-    assert "getCurrentWeather" in kept
+    assert kept[0] == "getCurrentWeather"
     assert len(kept) == SHORTLIST_SIZE
-    assert kept == [n for n in function_names(TOOLBOX) if n in kept]
+
+
+def test_every_order_of_a_listing_is_read_as_one() -> None:
+    """Where the caller lists a function cannot sway the roles: they read one order."""
+    request = ask("Convert 20 euros to dollars, then email the result to Ana.")
+    readings = {tuple(function_names(shortlisted(request, list(order)))) for order in permutations(TOOLBOX[:4])}
+    assert len(readings) == 1
+    assert set(next(iter(readings))[:2]) == {"convert_currency", "send_email"}
 
 
 def test_words_of_dotted_and_camel_case_names_count() -> None:
@@ -46,9 +55,34 @@ def test_words_of_dotted_and_camel_case_names_count() -> None:
     assert function_names(shortlisted(ask("Is it raining? Check the weather."), TOOLBOX, 1)) == ["getCurrentWeather"]
 
 
-def test_a_short_listing_is_left_whole() -> None:
-    assert shortlisted(ask("Send an email to Ana."), TOOLBOX[:LONG_LISTING]) == TOOLBOX[:LONG_LISTING]
-    assert shortlisted(ask("Send an email to Ana."), TOOLBOX, None) == TOOLBOX
+def test_two_functions_are_ranked_too() -> None:
+    """Okapi BM25 scored a word found in one of two functions at zero, so a two-function
+    listing stayed in the caller's order."""
+    listing = [TOOLBOX[0], TOOLBOX[3]]
+    assert function_names(shortlisted(ask("Book a flight to Paris."), listing)) == ["book_flight", "send_email"]
+
+
+def test_bfcl_dev_listings_read_as_one_in_every_rotation() -> None:
+    for category in ("multiple", "parallel_multiple"):
+        _, entries = eval_examples(category, 50)
+        for entry in entries:
+            readings = {tuple(function_names(shortlisted(turned.messages, turned.functions)))
+                        for turned in rotations(entry)}
+            assert len(readings) == 1, entry.id
+
+
+def test_a_short_listing_is_read_whole_and_no_size_reads_it_as_given() -> None:
+    short = TOOLBOX[:LONG_LISTING]
+    read = shortlisted(ask("Book a flight to Paris."), short)
+    assert sorted(function_names(read)) == sorted(function_names(short))
+    assert function_names(read)[0] == "book_flight"
+    assert shortlisted(ask("Book a flight to Paris."), TOOLBOX, None) == TOOLBOX
+
+
+def test_a_configured_size_of_zero_reads_listings_as_given() -> None:
+    assert configured_size(None) == SHORTLIST_SIZE
+    assert configured_size(0) is None
+    assert configured_size(5) == 5
 
 
 def test_a_request_sharing_no_word_with_any_function_keeps_the_whole_listing() -> None:

@@ -10,9 +10,10 @@ by bfcl-eval's AST checker, for three ways of serving the same backbone:
 `single` and `roles` run as `model: tool-calling` serves them, held to their answer
 formats by grammars (`agentstack.chat.call_grammar`); `guided=False` measures them without.
 
-Listings can be reordered (`shuffle_seed`) or padded with distractors up to a token size
-(`toolbox_tokens`), both seeded per example (`listings`), so a position bias and long
-toolboxes show in the scores; accuracy is also kept per position of the right function.
+Listings can be reordered (`shuffle_seed`), asked once per rotation (`rotate`: every
+question with its right function at every position) or padded with distractors up to a
+token size (`toolbox_tokens`), all seeded per example (`listings`), so a position bias and
+long toolboxes show in the scores; accuracy is also kept per position of the right function.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from agentstack.offline.bfcl.listings import (
     among_distractors,
     answer_position,
     distractor_pool,
+    rotations,
     shuffled,
 )
 from agentstack.chat.call_grammar import calls_list_schema
@@ -80,6 +82,7 @@ class EvalConfig:
     limit: int | None = None
     concurrency: int = 8
     shuffle_seed: int | None = None
+    rotate: bool = False
     toolbox_tokens: int | None = None
     guided: bool = True
     shortlist: int | None = SHORTLIST_SIZE
@@ -87,6 +90,7 @@ class EvalConfig:
     @property
     def listing(self) -> str:
         parts = ([f"shuffled (seed {self.shuffle_seed})"] if self.shuffle_seed is not None else []) + (
+            ["every rotation"] if self.rotate else []) + (
             [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else []) + (
             [] if self.guided else ["roles unguided"]) + (
             ["whole listing"] if self.shortlist is None else
@@ -147,6 +151,8 @@ def listed(chosen: list[BfclExample], config: EvalConfig, count_tokens: Callable
                   for e in chosen]
     if config.shuffle_seed is not None:
         chosen = [shuffled(e, config.shuffle_seed) for e in chosen]
+    if config.rotate:
+        chosen = [turned for e in chosen for turned in rotations(e)]
     return chosen
 
 

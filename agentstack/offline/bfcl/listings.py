@@ -2,7 +2,7 @@
 
 BFCL lists an entry's own few functions, usually with the right one first. A selector
 that learned "the first one" or that never saw a long toolbox looks good there and fails
-in use; these transforms measure both (`eval bfcl --shuffle/--toolbox`) and teach both
+in use; these transforms measure both (`eval bfcl --shuffle/--rotate/--toolbox`) and teach both
 (the training recipe). Each is seeded per example, so a run is reproducible and every
 mode sees the same listing.
 """
@@ -30,6 +30,15 @@ def shuffled(example: BfclExample, seed: int) -> BfclExample:
     functions = list(example.functions)
     _rng(seed, example, "shuffle").shuffle(functions)
     return replace(example, functions=functions)
+
+
+def rotations(example: BfclExample) -> list[BfclExample]:
+    """The example once per place in its listing, each a cyclic rotation of it: every
+    function, the right one too, sits at every position once. Asked on the same questions,
+    a difference by position is the position's alone (with one order per question, it
+    is also which questions happen to sit there)."""
+    functions = list(example.functions)
+    return [replace(example, functions=functions[i:] + functions[:i]) for i in range(len(functions))]
 
 
 def listing_tokens(functions: Sequence[Function], count: TokenCounter) -> int:

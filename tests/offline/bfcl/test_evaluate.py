@@ -6,7 +6,17 @@ from pathlib import Path
 
 from agentstack.offline.bfcl.dataset import examples
 from agentstack.chat.tool_shortlist import SHORTLIST_SIZE
-from agentstack.offline.bfcl.evaluate import CategoryScore, EvalConfig, EvalMode, MissKind, miss_kind, write_report
+from agentstack.offline.bfcl.evaluate import (
+    CategoryScore,
+    EvalConfig,
+    EvalMode,
+    MissKind,
+    eval_examples,
+    listed,
+    miss_kind,
+    write_report,
+)
+from agentstack.offline.bfcl.listings import answer_position
 
 
 def test_a_miss_is_told_by_the_functions_it_named() -> None:
@@ -40,3 +50,13 @@ def test_the_report_names_a_shortlist_other_than_the_served_one() -> None:
     assert listing() == "toolbox 1500 tokens"
     assert listing(shortlist=None) == "toolbox 1500 tokens, whole listing"
     assert listing(shortlist=SHORTLIST_SIZE + 3) == f"toolbox 1500 tokens, shortlist {SHORTLIST_SIZE + 3}"
+    assert listing(rotate=True) == "every rotation, toolbox 1500 tokens"
+
+
+def test_a_rotated_run_asks_every_question_with_its_right_function_at_every_place() -> None:
+    _, questions = eval_examples("multiple", 10)
+    asked = listed(questions, EvalConfig(categories=("multiple",), rotate=True), len)
+    assert len(asked) == sum(len(q.functions) for q in questions)
+    for question in questions:
+        places = sorted(answer_position(a) for a in asked if a.id == question.id)
+        assert places == list(range(len(question.functions)))

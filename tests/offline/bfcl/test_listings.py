@@ -12,6 +12,7 @@ from agentstack.offline.bfcl.listings import (
     answer_position,
     distractor_pool,
     listing_tokens,
+    rotations,
     shuffled,
 )
 
@@ -29,6 +30,16 @@ def test_a_shuffled_listing_is_a_reproducible_permutation_that_moves_the_answer(
         assert sorted(function_names(once.functions)) == sorted(function_names(example.functions))
         positions[answer_position(once)] += 1
     assert len(positions) >= 3, f"the right function should land at several places: {positions}"
+
+
+def test_rotations_ask_one_question_with_its_right_function_at_every_position() -> None:
+    for example in examples("multiple", "dev")[:20]:
+        turned = rotations(example)
+        assert len(turned) == len(example.functions)
+        assert sorted(answer_position(t) for t in turned) == list(range(len(example.functions)))
+        for t in turned:
+            assert t.id == example.id and t.messages == example.messages
+            assert sorted(function_names(t.functions)) == sorted(function_names(example.functions))
 
 
 def test_a_toolbox_holds_the_questions_functions_among_others_within_its_size() -> None:
