@@ -627,7 +627,7 @@ def eval_bfcl(
         help="Hold single and roles to their answer formats, as model tool-calling serves them.")] = True,
     shortlist: Annotated[Optional[int], typer.Option(
         help="Single and roles read at most this many functions of a longer listing, the most relevant "
-             "to the request, as model tool-calling serves them; 0: the whole listing. "
+             "to the request, ranked, as model tool-calling serves them; 0: every listing as given. "
              "Unset: the served size (AGENTSTACK_TOOL_SHORTLIST_SIZE, else 3).", min=0)] = None,
     report_dir: Annotated[Path, typer.Option(help="Where the markdown report and plot go.")] = Path("reports"),
     roles: RolesOption = None,

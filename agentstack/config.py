@@ -95,9 +95,9 @@ class Settings(BaseSettings):
     # Tool calling
     tool_shortlist_size: int | None = Field(
         default=None, ge=0,
-        description="`model: tool-calling` cuts a toolbox of more than six functions to this many, those most "
-        "relevant to the request (BM25), before its roles read it; 0 reads every listing whole; unset: the "
-        "measured default, 3 (docs/TOOL_ROLES.md).")
+        description="`model: tool-calling` ranks a toolbox by relevance to the request (BM25+) and cuts one of "
+        "more than six functions to this many before its roles read it; 0 reads every listing as the caller "
+        "gave it; unset: the measured default, 3 (docs/TOOL_ROLES.md).")
 
     # Authentication
     api_keys: list[SecretStr] = Field(

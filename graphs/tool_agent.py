@@ -12,9 +12,9 @@ model as an error result, so the run goes on and the answer can say what went wr
 
 `build_tool_agent(tools=[...])` builds the same graph on other tools;
 `approve_tools=True` pauses before running calls (`interrupt`) until a client resumes
-with `Command(resume=True)` (or False to decline). Of more than six tools, the select and
-arguments steps read the `shortlist` most relevant to the request (`tool_shortlist`;
-None: all of them).
+with `Command(resume=True)` (or False to decline). The select and arguments steps read
+the tools ranked by relevance to the request, and of more than six the `shortlist` most
+relevant (`tool_shortlist`; None: all of them, as given).
 """
 
 from __future__ import annotations

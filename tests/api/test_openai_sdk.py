@@ -106,6 +106,26 @@ def test_tool_calling_reads_a_long_toolbox_as_the_few_functions_the_request_is_a
     assert reply.usage is not None and reply.usage.prompt_tokens < listing_chars / 4
 
 
+def test_tool_calling_picks_the_same_function_wherever_the_caller_lists_it(client: openai.OpenAI) -> None:
+    """The same question with its function listed first, second and third: one call, the
+    same each time (the roles read the listing ranked by relevance, not in the caller's order)."""
+    email = {"type": "function", "function": {
+        "name": "send_email", "description": "Send an email message to someone.",
+        "parameters": {"type": "object", "properties": {
+            "to": {"type": "string", "description": "Recipient address"},
+            "body": {"type": "string", "description": "Message text"}}, "required": ["to", "body"]}}}
+    toolbox = [*TOOLS, email]
+    question = [{"role": "user", "content": "Convert 20 euros to US dollars."}]
+    answers = []
+    for turn in range(len(toolbox)):
+        listed = toolbox[turn:] + toolbox[:turn]
+        reply = client.chat.completions.create(
+            model="tool-calling", messages=question, tools=listed, temperature=0)  # type: ignore[arg-type]
+        answers.append([(c.function.name, c.function.arguments) for c in reply.choices[0].message.tool_calls or []])
+    assert answers[0] and answers[0][0][0] == "convert_currency", answers
+    assert answers == [answers[0]] * len(toolbox)
+
+
 def test_tool_calling_forces_a_call_when_asked(client: openai.OpenAI) -> None:
     """`required` and a named function always get a call, a named one of that function
     (without asking the selector) even when the question is about something else."""
