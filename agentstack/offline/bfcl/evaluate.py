@@ -279,7 +279,9 @@ def write_report(scores: Sequence[CategoryScore], report_dir: Path) -> tuple[Pat
     text = (
         "# BFCL evaluation\n\n"
         "Scored by bfcl-eval's AST checker; each row ran through the serving engine. By position:\n"
-        "accuracy by the place of the right function in the listing (1 = first; 5+ examples).\n\n"
+        "accuracy by the place of the right function in the listing the caller sent (1 = first; 5+ examples).\n"
+        "The roles read it ranked by relevance unless the shortlist is off, so within one run this tells which\n"
+        "questions sit where; `--rotate` asks the same questions at every place.\n\n"
         + markdown_table(["category", "mode", "listing", "correct", "accuracy", "by position", "spread",
                           "prompt tokens", "generated tokens", "wall s"], rows)
         + f"\n\n![accuracy]({plot.name})\n"
