@@ -33,7 +33,7 @@ from typing import Any
 import Stemmer
 from rank_bm25 import BM25Plus
 
-from agentstack.chat.tool_prompts import current_exchange, function_spec, plain_turns, render_function
+from agentstack.chat.tool_prompts import current_exchange, function_names, plain_turns, render_function
 
 LONG_LISTING = 6
 """Listings of more functions than this are shortlisted; shorter ones are read whole
@@ -85,7 +85,8 @@ def relevance(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str
     listings, BM25+ in all 50); BM25+'s idf stays above zero."""
     documents = [_tokens(render_function(t)) for t in tools]
     query = _tokens(request_text(messages))
-    if not any(set(query).intersection(d) for d in documents):
+    words = set(query)
+    if not any(words.intersection(d) for d in documents):
         return [0.0] * len(tools)
     return [float(s) for s in BM25Plus(documents).get_scores(query)]
 
@@ -103,7 +104,7 @@ def shortlisted(
     scores = relevance(messages, tools)
     if max(scores) <= 0:
         return list(tools)
-    names = [str(function_spec(t).get("name")) for t in tools]
+    names = function_names(tools)
     ranked = sorted(range(len(tools)), key=lambda i: (-scores[i], names[i]))
     if len(tools) > max(size, LONG_LISTING):
         kept = set(ranked[:size]) | {i for i, name in enumerate(names) if name == keep}
