@@ -26,7 +26,9 @@ wrong `none`. BFCL's trained categories always have a function to call, so irrel
 comes only from leaving it out; nothing from evaluation-only categories is used. Beside
 the BFCL sample, `EVALUATOR_REQUESTS` made-up arithmetic requests for an expression
 evaluator (`evaluator_requests`) keep the irrelevance copies from teaching that arithmetic
-is never a tool call.
+is never a tool call. The `arguments` writer also trains on `FORMATTED_REQUESTS` made-up
+requests whose values must be written as the parameter's description asks
+(`formatted_requests`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from agentstack.chat.tool_prompts import (
 )
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
 from agentstack.offline.bfcl.evaluator_requests import evaluator_examples
+from agentstack.offline.bfcl.formatted_requests import formatted_examples
 from agentstack.offline.bfcl.listings import distractor_pool, fitting, listing_tokens
 
 DATA_SEED = 7
@@ -63,6 +66,8 @@ DATA_SEED = 7
 TRAIN_PER_CATEGORY = {"simple_python": 200, "multiple": 100, "parallel": 100, "parallel_multiple": 100}
 # Made-up arithmetic requests for an expression evaluator, about a tenth of the sample.
 EVALUATOR_REQUESTS = 50
+# Made-up requests whose values must follow the parameter's format, for `arguments` only.
+FORMATTED_REQUESTS = 96
 MASKED_SHARE = 0.2
 # Irrelevance copies per answered listing of the same kind. Long toolboxes get fewer: a
 # 135M model took "long listing -> none" from copies of them, and there the answer is
@@ -110,6 +115,14 @@ def train_examples(seed: int = DATA_SEED) -> list[BfclExample]:
         picked = set(rng.sample(range(len(pool)), min(TRAIN_PER_CATEGORY[category], len(pool))))
         chosen += [e for i, e in enumerate(pool) if i in picked]
     return chosen + evaluator_examples(EVALUATOR_REQUESTS, seed)
+
+
+def role_pool(role: ToolRole, seed: int = DATA_SEED) -> list[BfclExample]:
+    """The questions a role trains on: the training sample, and for `arguments` the
+    formatted requests too (`formatted_requests`), which teach writing a value as its
+    parameter asks; the selector's and `single`'s data stay as they were shipped."""
+    extra = formatted_examples(FORMATTED_REQUESTS, seed) if role is ToolRole.ARGUMENTS else []
+    return train_examples(seed) + extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +445,7 @@ def _assistant(content: str) -> dict[str, str]:
 
 def write_role_data(role: ToolRole, out: Path) -> int:
     """Write one role's JSONL training file; returns the number of examples."""
-    chats = role_chats(role, train_examples())
+    chats = role_chats(role, role_pool(role))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:
         for chat in chats:
@@ -467,7 +480,7 @@ def _in_bucket(value: int, bounds: tuple[int, int | None]) -> bool:
 def role_mix(role: ToolRole, pool: list[BfclExample] | None = None, seed: int = DATA_SEED) -> list[MixRow]:
     """A role's training examples counted per listing size (functions listed, listing
     tokens) and per kind of listing: the check that `none` and masking do not follow size."""
-    items = listed_examples(train_examples() if pool is None else pool, seed)
+    items = listed_examples(role_pool(role, seed) if pool is None else pool, seed)
     targets = [item for item, _ in _role_targets(role, items)]
     sizes = [(len(i.functions), listing_tokens(i.functions, approx_tokens)) for i in targets]
     buckets: list[tuple[str, list[Listed]]] = [("all", targets)]
