@@ -28,7 +28,8 @@ the BFCL sample, `EVALUATOR_REQUESTS` made-up arithmetic requests for an express
 evaluator (`evaluator_requests`) keep the irrelevance copies from teaching that arithmetic
 is never a tool call. The `arguments` writer also trains on `FORMATTED_REQUESTS` made-up
 requests whose values must be written as the parameter's description asks
-(`formatted_requests`).
+(`formatted_requests`) and `CROSSED_REQUESTS` that ask one function about two lists,
+crossed or paired off (`crossed_requests`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from agentstack.chat.tool_prompts import (
     selector_messages,
     single_messages,
 )
+from agentstack.offline.bfcl.crossed_requests import crossed_examples
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples
 from agentstack.offline.bfcl.evaluator_requests import evaluator_examples
 from agentstack.offline.bfcl.formatted_requests import formatted_examples
@@ -66,8 +68,10 @@ DATA_SEED = 7
 TRAIN_PER_CATEGORY = {"simple_python": 200, "multiple": 100, "parallel": 100, "parallel_multiple": 100}
 # Made-up arithmetic requests for an expression evaluator, about a tenth of the sample.
 EVALUATOR_REQUESTS = 50
-# Made-up requests whose values must follow the parameter's format, for `arguments` only.
+# Made-up requests for `arguments` only: values that must follow the parameter's format,
+# and questions that cross two lists (or pair them off).
 FORMATTED_REQUESTS = 96
+CROSSED_REQUESTS = 40
 MASKED_SHARE = 0.2
 # Irrelevance copies per answered listing of the same kind. Long toolboxes get fewer: a
 # 135M model took "long listing -> none" from copies of them, and there the answer is
@@ -119,10 +123,12 @@ def train_examples(seed: int = DATA_SEED) -> list[BfclExample]:
 
 def role_pool(role: ToolRole, seed: int = DATA_SEED) -> list[BfclExample]:
     """The questions a role trains on: the training sample, and for `arguments` the
-    formatted requests too (`formatted_requests`), which teach writing a value as its
-    parameter asks; the selector's and `single`'s data stay as they were shipped."""
-    extra = formatted_examples(FORMATTED_REQUESTS, seed) if role is ToolRole.ARGUMENTS else []
-    return train_examples(seed) + extra
+    formatted requests (`formatted_requests`: a value written as its parameter asks) and
+    the crossed ones (`crossed_requests`: as many calls as the question's lists make). The
+    selector's and `single`'s data stay as they were shipped."""
+    if role is not ToolRole.ARGUMENTS:
+        return train_examples(seed)
+    return train_examples(seed) + formatted_examples(FORMATTED_REQUESTS, seed) + crossed_examples(CROSSED_REQUESTS, seed)
 
 
 @dataclass(frozen=True, slots=True)
