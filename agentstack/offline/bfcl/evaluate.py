@@ -93,7 +93,7 @@ class EvalConfig:
             ["every rotation"] if self.rotate else []) + (
             [f"toolbox {self.toolbox_tokens} tokens"] if self.toolbox_tokens else []) + (
             [] if self.guided else ["roles unguided"]) + (
-            ["whole listing"] if self.shortlist is None else
+            ["caller's order, whole listing"] if self.shortlist is None else
             [f"shortlist {self.shortlist}"] if self.shortlist != SHORTLIST_SIZE else [])
         return ", ".join(parts) or "as given"
 

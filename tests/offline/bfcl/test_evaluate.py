@@ -42,13 +42,13 @@ def test_the_report_counts_misses_by_kind(tmp_path: Path) -> None:
 
 
 def test_the_report_names_a_shortlist_other_than_the_served_one() -> None:
-    """Runs that read whole listings or another shortlist size are labelled as such, so their
+    """Runs that read whole listings unranked or another shortlist size are labelled as such, so their
     rows cannot pass for the served behaviour."""
     def listing(**options: object) -> str:
         return EvalConfig(categories=("multiple",), toolbox_tokens=1500, **options).listing  # type: ignore[arg-type]
 
     assert listing() == "toolbox 1500 tokens"
-    assert listing(shortlist=None) == "toolbox 1500 tokens, whole listing"
+    assert listing(shortlist=None) == "toolbox 1500 tokens, caller's order, whole listing"
     assert listing(shortlist=SHORTLIST_SIZE + 3) == f"toolbox 1500 tokens, shortlist {SHORTLIST_SIZE + 3}"
     assert listing(rotate=True) == "every rotation, toolbox 1500 tokens"
 
