@@ -8,9 +8,11 @@ or a `none` target while a function that answers is still listed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,7 @@ from agentstack.chat.tool_prompts import (
     parse_calls,
     parse_selection,
 )
+from agentstack.config import PACKAGE_DATA
 from agentstack.offline.bfcl.dataset import TRAIN_CATEGORIES, BfclExample, examples, load_split
 from agentstack.offline.bfcl.evaluator_requests import EVALUATOR_CATEGORY, EVALUATORS
 from agentstack.offline.bfcl.listings import distractor_pool, listing_tokens
@@ -39,6 +42,7 @@ from agentstack.offline.bfcl.training_data import (
     role_mix,
     train_examples,
     unrelated_functions,
+    write_role_data,
 )
 
 MASKED_FUNCTION = re.compile(r"fn_[a-z]{7}")
@@ -365,3 +369,13 @@ def test_the_reported_mix_counts_the_roles_data(pool: list[BfclExample], role: T
     assert sum(r.examples for r in function_rows) == len(chats)
     if role is ToolRole.ARGUMENTS:
         assert rows["all"].none == 0
+
+
+@pytest.mark.parametrize("role", [ToolRole.SELECTOR, ToolRole.ARGUMENTS])
+def test_the_shipped_adapter_was_trained_on_the_data_the_recipe_writes(role: ToolRole, tmp_path: Path) -> None:
+    """`make adapters` retrains the selector and the writer on exactly the data their model
+    cards name, so a shipped figure can be reproduced from this code."""
+    out = tmp_path / f"{role.value}.jsonl"
+    write_role_data(role, out)
+    card = (PACKAGE_DATA / "adapters" / role.value / "README.md").read_text()
+    assert f"sha256 `{hashlib.sha256(out.read_bytes()).hexdigest()[:16]}`" in card
