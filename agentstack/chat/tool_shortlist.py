@@ -19,8 +19,9 @@ three held every function the reference calls for all of the first 50 dev entrie
 "multiplication" against `multiply`).
 
 Every role of one request reads the same listing, so the shared-context cache still
-shares it; a request with no word in common with any function (another language, say)
-gets the listing as given, whole: scores of zero rank nothing.
+shares it. A request with no word in common with any function (another language, say)
+gets the whole listing in name order: scores of zero rank nothing, and the caller's order
+must not choose either (as given, `multiple_149` was answered by where its function sat).
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def shortlisted(
 ) -> list[Mapping[str, Any]]:
     """The functions most relevant to the request first (ties by name): all of a
     listing of up to `LONG_LISTING`, the `size` most relevant of a longer one; `keep` names
-    one that stays whatever its score (the caller's `tool_choice`). `size` None: the
-    listing as given."""
+    one that stays whatever its score (the caller's `tool_choice`); no word shared with
+    any function: all of it, by name. `size` None: the listing as given."""
     if size is None or len(tools) < 2:
         return list(tools)
     scores = relevance(messages, tools)
-    if max(scores) <= 0:
-        return list(tools)
     names = function_names(tools)
+    if max(scores) <= 0:
+        return [tools[i] for i in sorted(range(len(tools)), key=lambda i: names[i])]
     ranked = sorted(range(len(tools)), key=lambda i: (-scores[i], names[i]))
     if len(tools) > max(size, LONG_LISTING):
         kept = set(ranked[:size]) | {i for i, name in enumerate(names) if name == keep}

@@ -85,9 +85,14 @@ def test_a_configured_size_of_zero_reads_listings_as_given() -> None:
     assert configured_size(5) == 5
 
 
-def test_a_request_sharing_no_word_with_any_function_keeps_the_whole_listing() -> None:
-    """Ranking by words says nothing about a question in another language."""
-    assert shortlisted(ask("上海今天的天气怎么样？"), TOOLBOX) == TOOLBOX
+def test_a_request_sharing_no_word_with_any_function_keeps_the_whole_listing_in_one_order() -> None:
+    """Ranking by words says nothing about a question in another language: every function
+    stays, and every order the caller may send is still read as one (by name), so the
+    caller's order cannot choose the function."""
+    request = ask("上海今天的天气怎么样？")
+    orders = [TOOLBOX[i:] + TOOLBOX[:i] for i in range(len(TOOLBOX))] + [TOOLBOX[::-1]]
+    read = {tuple(function_names(shortlisted(request, order))) for order in orders}
+    assert read == {tuple(sorted(function_names(TOOLBOX)))}
 
 
 def test_the_function_the_caller_named_stays() -> None:
@@ -116,4 +121,4 @@ def test_bfcl_dev_entries_keep_their_functions_on_long_toolboxes() -> None:
 def test_a_lone_letter_is_no_shared_word() -> None:
     """The "s" of "What's" used to match every "user's" and rank those functions up."""
     toolbox = [*TOOLBOX, tool("get_profile", "Returns the user's profile.", user="User's id")]
-    assert shortlisted(ask("What's new?"), toolbox) == toolbox
+    assert function_names(shortlisted(ask("What's new?"), toolbox)) == sorted(function_names(toolbox))
