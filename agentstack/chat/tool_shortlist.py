@@ -21,7 +21,7 @@ three held every function the reference calls for all of the first 50 dev entrie
 Every role of one request reads the same listing, so the shared-context cache still
 shares it. A request with no word in common with any function (another language, say)
 gets the whole listing in name order: scores of zero rank nothing, and the caller's order
-must not choose either (as given, `multiple_149` was answered by where its function sat).
+must not choose either.
 """
 
 from __future__ import annotations
