@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from agentstack.offline.bfcl.dataset import BfclExample
+from agentstack.offline.bfcl.dataset import BfclExample, bfcl_function
 
 CROSSED_CATEGORY = "crossed"
 CROSSED_PREFIX = "crossed:"
@@ -74,16 +74,9 @@ TOPICS = (
 )
 
 
-def _listed(values: tuple[Any, ...], joiner: str = "and") -> str:
+def _listed(values: tuple[Any, ...]) -> str:
     words = [str(v) for v in values]
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} {joiner} {words[-1]}"
-
-
-def _quoted(topic: _Topic, values: tuple[Any, ...], which: str) -> str:
-    """A list as the question writes it: phrases keep their quotes one by one."""
-    if which == "first" and topic.first[0] == "phrase":
-        return _listed(tuple(f"'{v}'" for v in values))
-    return _listed(values)
+    return f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _request(topic: _Topic, crossed: bool, rng: random.Random) -> tuple[str, list[dict[str, Any]]]:
@@ -96,9 +89,12 @@ def _request(topic: _Topic, crossed: bool, rng: random.Random) -> tuple[str, lis
         firsts = tuple(rng.sample(first_values, sizes[0]))
         seconds = tuple(rng.sample(second_values, sizes[1]))
         text = rng.choice(topic.crossed)
-        if topic.first[0] == "phrase":
+        if topic.first[0] == "phrase":  # each phrase keeps its own quotes
             text = text.replace("'{first}'", "{first}")
-        question = text.format(first=_quoted(topic, firsts, "first"), second=_quoted(topic, seconds, "second"))
+            firsts_text = _listed(tuple(f"'{v}'" for v in firsts))
+        else:
+            firsts_text = _listed(firsts)
+        question = text.format(first=firsts_text, second=_listed(seconds))
         pairs = list(itertools.product(firsts, seconds))
     else:
         count = rng.choice((2, 3))
@@ -112,11 +108,9 @@ def _request(topic: _Topic, crossed: bool, rng: random.Random) -> tuple[str, lis
 
 def _function(topic: _Topic) -> dict[str, Any]:
     (first, first_type, _), (second, second_type, _) = topic.first, topic.second
-    return {"name": topic.function, "description": topic.description,
-            "parameters": {"type": "dict",
-                           "properties": {first: {"type": first_type, "description": f"The {first.replace('_', ' ')}."},
-                                          second: {"type": second_type, "description": f"The {second.replace('_', ' ')}."}},
-                           "required": [first, second]}}
+    return bfcl_function(topic.function, topic.description,
+                         {first: (first_type, f"The {first.replace('_', ' ')}."),
+                          second: (second_type, f"The {second.replace('_', ' ')}.")})
 
 
 def crossed_examples(count: int, seed: int) -> list[BfclExample]:
@@ -132,11 +126,6 @@ def crossed_examples(count: int, seed: int) -> list[BfclExample]:
         if question in questions:
             continue
         questions.add(question)
-        out.append(BfclExample(
-            id=f"{CROSSED_PREFIX}{'crossed' if crossed else 'paired'}:{len(out)}",
-            category=CROSSED_CATEGORY,
-            messages=[{"role": "user", "content": question}],
-            functions=[_function(topic)],
-            ground_truth=[{topic.function: {k: [v] for k, v in call.items()}} for call in arguments],
-        ))
+        out.append(BfclExample.made_up(f"{CROSSED_PREFIX}{'crossed' if crossed else 'paired'}:{len(out)}",
+                                       CROSSED_CATEGORY, question, _function(topic), arguments))
     return out

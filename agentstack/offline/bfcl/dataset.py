@@ -55,6 +55,24 @@ class BfclExample:
         return [{"name": name, "arguments": _first_allowed(params, required.get(name, set()))}
                 for entry in self.ground_truth or [] for name, params in entry.items()]
 
+    @classmethod
+    def made_up(cls, id: str, category: str, question: str, function: dict[str, Any],
+                calls: list[dict[str, Any]]) -> BfclExample:
+        """A one-question request made up for training: `function` listed alone, called once
+        per entry of `calls` (its arguments), each value the only one allowed."""
+        return cls(id=id, category=category, messages=[{"role": "user", "content": question}],
+                   functions=[function],
+                   ground_truth=[{function["name"]: {k: [v] for k, v in call.items()}} for call in calls])
+
+
+def bfcl_function(name: str, description: str, params: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """A function in BFCL's shape; `params` maps each parameter, all required, to its
+    (type, description)."""
+    return {"name": name, "description": description,
+            "parameters": {"type": "dict",
+                           "properties": {p: {"type": t, "description": d} for p, (t, d) in params.items()},
+                           "required": list(params)}}
+
 
 def _first_allowed(params: dict[str, Any], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
     """Each parameter's first allowed value; `""` allows leaving it out, unless it is required."""

@@ -99,11 +99,6 @@ def evaluator_examples(count: int, seed: int) -> list[BfclExample]:
         phrasing, expression = rng.choice(_PHRASINGS[operation])
         numbers = _numbers(operation, rng)
         evaluator = rng.choice(EVALUATORS)
-        out.append(BfclExample(
-            id=f"{EVALUATOR_PREFIX}{index}",
-            category=EVALUATOR_CATEGORY,
-            messages=[{"role": "user", "content": phrasing.format(**numbers)}],
-            functions=[evaluator.function()],
-            ground_truth=[{evaluator.name: {evaluator.parameter: [expression.format(**numbers)]}}],
-        ))
+        out.append(BfclExample.made_up(f"{EVALUATOR_PREFIX}{index}", EVALUATOR_CATEGORY, phrasing.format(**numbers),
+                                       evaluator.function(), [{evaluator.parameter: expression.format(**numbers)}]))
     return out

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agentstack.offline.bfcl.dataset import BfclExample
+from agentstack.offline.bfcl.dataset import BfclExample, bfcl_function
 
 FORMATTED_CATEGORY = "formatted"
 FORMATTED_PREFIX = "formatted:"
@@ -107,14 +107,6 @@ RATE_DECIMAL = ValueFormat("Annual rate as a decimal fraction, e.g. 0.05 for 5%.
 RATE_PERCENT = ValueFormat("Annual rate in percent, e.g. 5 for 5%.", lambda percent: percent, "float")
 
 
-def _function(name: str, description: str, params: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    """A BFCL-style function; `params` maps each (required) name to (type, description)."""
-    return {"name": name, "description": description,
-            "parameters": {"type": "dict",
-                           "properties": {p: {"type": t, "description": d} for p, (t, d) in params.items()},
-                           "required": list(params)}}
-
-
 def _date_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str, Any]]:
     date = _Date(rng.randint(2020, 2027), rng.randint(1, 12), rng.randint(1, 28))
     value_format = rng.choice(DATE_FORMATS)
@@ -131,8 +123,8 @@ def _date_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str, An
     ))
     subject = rng.choice(subjects)
     date_param = rng.choice(("date", "day", "event_date"))
-    function = _function(name, description, {subject_param: ("string", subject_description),
-                                              date_param: ("string", value_format.description)})
+    function = bfcl_function(name, description, {subject_param: ("string", subject_description),
+                                                   date_param: ("string", value_format.description)})
     arguments = {subject_param: subject, date_param: value_format.write(date)}
     return phrasing.format(subject=subject, date=wording), function, arguments
 
@@ -153,7 +145,7 @@ def _place_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str, A
         ("air_quality.index", "Air quality index of a city.", "How clean is the air in {place} today?"),
     ))
     param = rng.choice(("location", "city", "place"))
-    function = _function(name, description, {param: ("string", value_format.description)})
+    function = bfcl_function(name, description, {param: ("string", value_format.description)})
     return phrasing.format(place=wording), function, {param: value_format.write(place)}
 
 
@@ -169,11 +161,11 @@ def _currency_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str
     ))
     source_param, target_param = rng.choice((("from_currency", "to_currency"), ("base", "quote"),
                                              ("source_currency", "target_currency")))
-    function = _function(rng.choice(("money.convert", "fx.convert", "exchange_money")),
-                         "Convert an amount of money from one currency to another.",
-                         {"amount": ("float", "Amount of money in the source currency."),
-                          source_param: ("string", f"Currency converted from. {CURRENCY_CODE}"),
-                          target_param: ("string", f"Currency converted to. {CURRENCY_CODE}")})
+    function = bfcl_function(rng.choice(("money.convert", "fx.convert", "exchange_money")),
+                             "Convert an amount of money from one currency to another.",
+                             {"amount": ("float", "Amount of money in the source currency."),
+                              source_param: ("string", f"Currency converted from. {CURRENCY_CODE}"),
+                              target_param: ("string", f"Currency converted to. {CURRENCY_CODE}")})
     question = phrasing.format(amount=amount, source=source_word, target=target_word)
     return question, function, {"amount": amount, source_param: source, target_param: target}
 
@@ -193,9 +185,9 @@ def _rate_request(rng: random.Random) -> tuple[str, dict[str, Any], dict[str, An
          "Project my savings of {principal} for {years} years with a {rate} annual return."),
     ))
     rate_param = rng.choice(("rate", "interest_rate", "annual_rate"))
-    function = _function(name, description, {"principal": ("float", "Starting amount."),
-                                             "years": ("integer", "Number of years."),
-                                             rate_param: (value_format.type, value_format.description)})
+    function = bfcl_function(name, description, {"principal": ("float", "Starting amount."),
+                                                  "years": ("integer", "Number of years."),
+                                                  rate_param: (value_format.type, value_format.description)})
     question = phrasing.format(principal=principal, years=years, rate=percent_words)
     return question, function, {"principal": principal, "years": years, rate_param: value_format.write(percent)}
 
@@ -218,11 +210,6 @@ def formatted_examples(count: int, seed: int) -> list[BfclExample]:
         if question in questions:
             continue
         questions.add(question)
-        out.append(BfclExample(
-            id=f"{FORMATTED_PREFIX}{kind}:{len(out)}",
-            category=FORMATTED_CATEGORY,
-            messages=[{"role": "user", "content": question}],
-            functions=[function],
-            ground_truth=[{function["name"]: {k: [v] for k, v in arguments.items()}}],
-        ))
+        out.append(BfclExample.made_up(f"{FORMATTED_PREFIX}{kind}:{len(out)}", FORMATTED_CATEGORY, question,
+                                       function, [arguments]))
     return out

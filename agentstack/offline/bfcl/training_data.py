@@ -128,7 +128,8 @@ def role_pool(role: ToolRole, seed: int = DATA_SEED) -> list[BfclExample]:
     selector's and `single`'s data stay as they were shipped."""
     if role is not ToolRole.ARGUMENTS:
         return train_examples(seed)
-    return train_examples(seed) + formatted_examples(FORMATTED_REQUESTS, seed) + crossed_examples(CROSSED_REQUESTS, seed)
+    made_up = formatted_examples(FORMATTED_REQUESTS, seed) + crossed_examples(CROSSED_REQUESTS, seed)
+    return train_examples(seed) + made_up
 
 
 @dataclass(frozen=True, slots=True)
