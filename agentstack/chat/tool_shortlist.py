@@ -104,10 +104,8 @@ def shortlisted(
         return list(tools)
     scores = relevance(messages, tools)
     names = function_names(tools)
-    if max(scores) <= 0:
-        return [tools[i] for i in sorted(range(len(tools)), key=lambda i: names[i])]
     ranked = sorted(range(len(tools)), key=lambda i: (-scores[i], names[i]))
-    if len(tools) > max(size, LONG_LISTING):
+    if max(scores) > 0 and len(tools) > max(size, LONG_LISTING):
         kept = set(ranked[:size]) | {i for i, name in enumerate(names) if name == keep}
         ranked = [i for i in ranked if i in kept]
     return [tools[i] for i in ranked]
